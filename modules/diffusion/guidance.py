@@ -1,0 +1,193 @@
+"""Guidance: combine the eps predictions of several condition variants, computed in ONE batched forward.
+
+Every guidance object is called as
+
+    guidance(eps_model, x_t, t, cond, null_cond) -> eps
+
+with `eps_model(x_t [B, ...], t int64 [B], cond) -> eps [B, ...]`, `cond` a dict of named conditions (batch
+first, batch size B) and `null_cond` the value each condition takes when it is dropped (batch size 1 or B;
+e.g. `{"text": empty-prompt embedding [1, 77, D]}`). A guidance object lists the condition variants it
+needs; they are concatenated along the batch dimension (x_t and t repeated), the model runs once on
+`V * B` samples, and the output is split back into V predictions and combined.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+EpsModel = Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor]
+Conditions = dict[str, Tensor]
+
+
+def _check_inputs(x_t: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> None:
+    """Batch sizes of x_t `[B, ...]`, t `[B]` and every condition `[B, ...]` must agree."""
+    batch_size = x_t.shape[0]
+    if t.ndim != 1 or t.shape[0] != batch_size:
+        raise ValueError(f"guidance: t must have shape [B] = [{batch_size}], got {list(t.shape)}")
+    for key, value in cond.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"guidance: cond['{key}'] must be a Tensor, got {type(value).__name__}")
+        if value.ndim == 0 or value.shape[0] != batch_size:
+            raise ValueError(
+                f"guidance: cond['{key}'] must have batch size B = {batch_size} (x_t's), got shape {list(value.shape)}"
+            )
+
+
+def _null_value(key: str, like: Tensor, null_cond: Mapping[str, Tensor] | None, who: str) -> Tensor:
+    """null_cond[key] `[1 or B, ...]` expanded to like's shape `[B, ...]`, on like's device and dtype."""
+    if null_cond is None or key not in null_cond:
+        raise ValueError(
+            f"{who}: condition '{key}' is dropped but null_cond has no value for it "
+            f"(null_cond keys: {sorted(null_cond or {})}); pass its null value (e.g. the empty-prompt "
+            "embedding for 'text', zeros for image conditions)"
+        )
+    null = null_cond[key]
+    if not isinstance(null, Tensor):
+        raise TypeError(f"{who}: null_cond['{key}'] must be a Tensor, got {type(null).__name__}")
+    if null.shape[1:] != like.shape[1:] or null.shape[0] not in (1, like.shape[0]):
+        raise ValueError(
+            f"{who}: null_cond['{key}'] has shape {list(null.shape)}; expected [1 or {like.shape[0]}, "
+            f"{', '.join(str(size) for size in like.shape[1:])}] to match cond['{key}']"
+        )
+    return null.to(device=like.device, dtype=like.dtype).expand_as(like)
+
+
+def _drop(cond: Conditions, keys: list[str], null_cond: Mapping[str, Tensor] | None, who: str) -> Conditions:
+    """A copy of cond with each condition in keys replaced by its null value."""
+    return {
+        key: _null_value(key, value, null_cond, who) if key in keys else value for key, value in cond.items()
+    }
+
+
+def batched_eps(eps_model: EpsModel, x_t: Tensor, t: Tensor, variants: list[Conditions]) -> list[Tensor]:
+    """Run eps_model once on all condition variants; returns one prediction `[B, ...]` per variant.
+
+    x_t: `[B, ...]`, t: `[B]`; the model sees `[V * B, ...]` with variant v in rows v*B .. (v+1)*B - 1.
+    """
+    if len(variants) == 1:
+        return [eps_model(x_t, t, variants[0])]
+    num_variants = len(variants)
+    x_in = torch.cat([x_t] * num_variants)
+    t_in = torch.cat([t] * num_variants)
+    cond_in = {key: torch.cat([variant[key] for variant in variants]) for key in variants[0]}
+    eps = eps_model(x_in, t_in, cond_in)
+    if eps.shape != x_in.shape:
+        raise ValueError(f"eps_model returned shape {list(eps.shape)}, expected x_t's {list(x_in.shape)}")
+    return list(eps.split(x_t.shape[0]))
+
+
+class Guidance(ABC):
+    """Base class: `condition_variants` lists the inputs, `combine` merges their predictions."""
+
+    def __call__(
+        self,
+        eps_model: EpsModel,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditions,
+        null_cond: Conditions | None = None,
+    ) -> Tensor:
+        """Guided eps `[B, ...]` for x_t `[B, ...]` at int64 steps t `[B]`."""
+        _check_inputs(x_t, t, cond)
+        unknown = sorted(set(null_cond or {}) - set(cond))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: null_cond has keys {unknown} that cond lacks (cond keys: {sorted(cond)})"
+            )
+        predictions = batched_eps(eps_model, x_t, t, self.condition_variants(cond, null_cond))
+        return self.combine(predictions)
+
+    @abstractmethod
+    def condition_variants(self, cond: Conditions, null_cond: Conditions | None) -> list[Conditions]:
+        """The condition dicts to evaluate, each with the keys and batch size of cond."""
+
+    @abstractmethod
+    def combine(self, predictions: list[Tensor]) -> Tensor:
+        """Merge the predictions `[B, ...]` (in `condition_variants` order) into one eps."""
+
+
+class NoGuidance(Guidance):
+    """A single conditional forward: eps = eps(x_t, t, cond); null_cond is ignored."""
+
+    def condition_variants(self, cond: Conditions, null_cond: Conditions | None) -> list[Conditions]:
+        return [cond]
+
+    def combine(self, predictions: list[Tensor]) -> Tensor:
+        return predictions[0]
+
+    def __repr__(self) -> str:
+        return "NoGuidance()"
+
+
+class ClassifierFreeGuidance(Guidance):
+    """Classifier-free guidance, ldm convention: eps = u + scale * (c - u) (SCVideo appendix: scale 10).
+
+    c is the prediction with cond; u the prediction with every key present in null_cond replaced by its
+    null value (for SCVideo: `{"text": empty-prompt embedding}`), the other keys kept. Rows are ordered
+    [unconditional, conditional] as in ldm. scale = 1 needs only c and runs a single forward, as ldm does.
+    """
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def condition_variants(self, cond: Conditions, null_cond: Conditions | None) -> list[Conditions]:
+        if not null_cond:
+            raise ValueError(
+                "ClassifierFreeGuidance: null_cond is empty; pass the null value of every condition to drop "
+                "(e.g. {'text': empty-prompt embedding}), or use NoGuidance"
+            )
+        if self.scale == 1.0:
+            return [cond]
+        return [_drop(cond, list(null_cond), null_cond, "ClassifierFreeGuidance"), cond]
+
+    def combine(self, predictions: list[Tensor]) -> Tensor:
+        if len(predictions) == 1:
+            return predictions[0]
+        unconditional, conditional = predictions
+        # eps = u + s * (c - u)
+        return unconditional + self.scale * (conditional - unconditional)
+
+    def __repr__(self) -> str:
+        return f"ClassifierFreeGuidance(scale={self.scale})"
+
+
+class MultiConditionGuidance(Guidance):
+    """ART-V supplementary eq. (1): eps = e_full + sum_k w_k * (e_full - e_drop_k).
+
+    e_full uses every condition; e_drop_k replaces condition k by null_cond[k] and keeps the others.
+    Conditions not named in weights are never dropped. A zero weight removes its term and its forward.
+    ART-V: weights {"reference": 0.25, "anchor": 0.25, "text": 6.5}. With a single term of weight w this
+    equals ClassifierFreeGuidance with scale w + 1.
+
+    Args:
+        weights: guidance weight w_k per condition name.
+    """
+
+    def __init__(self, weights: Mapping[str, float]):
+        self.weights = {str(key): float(weight) for key, weight in weights.items()}
+        self.active_weights = {key: weight for key, weight in self.weights.items() if weight != 0.0}
+
+    def condition_variants(self, cond: Conditions, null_cond: Conditions | None) -> list[Conditions]:
+        missing = sorted(set(self.active_weights) - set(cond))
+        if missing:
+            raise ValueError(
+                f"MultiConditionGuidance: weights name conditions {missing} that cond lacks "
+                f"(cond keys: {sorted(cond)}) <guidance.weights>"
+            )
+        drops = [_drop(cond, [key], null_cond, "MultiConditionGuidance") for key in self.active_weights]
+        return [cond, *drops]
+
+    def combine(self, predictions: list[Tensor]) -> Tensor:
+        full, *dropped = predictions
+        eps = full
+        for weight, eps_drop in zip(self.active_weights.values(), dropped, strict=True):
+            # + w_k * (e_full - e_drop_k)
+            eps = eps + weight * (full - eps_drop)
+        return eps
+
+    def __repr__(self) -> str:
+        return f"MultiConditionGuidance(weights={self.weights})"

@@ -1,0 +1,145 @@
+"""DDIM (Song et al. 2021) as ldm's `DDIMSampler` runs it, with "uniform" timestep spacing; plus DDIM inversion.
+
+SCVideo appendix, Sampling: "DDIM sampler ... 50 steps". Facts matched (tests/fixtures/reference/
+ORIGINAL_BEHAVIOUR.md, "DDIM"):
+- c = N // S; timesteps = range(0, N, c) + 1 (S = 50: 1, 21, ..., 981), run in reverse. When S does not
+  divide N this gives len(range(0, N, c)) steps, not S (ldm's behaviour, kept).
+- a_prev = [alphas_cumprod[0]] + alphas_cumprod[ts[:-1]]: the last step ends at a_0 = 0.99915, not 1.
+- sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor
+
+from modules.diffusion.guidance import Conditions, EpsModel, Guidance
+from modules.diffusion.noise_schedule import NoiseSchedule
+from modules.diffusion.samplers.base import Sampler, StepCallback
+
+log = logging.getLogger(__name__)
+
+
+class DDIMSampler(Sampler):
+    """DDIM with ldm "uniform" spacing; eta = 0 is deterministic, eta = 1 matches DDPM's posterior variance.
+
+    Args:
+        schedule: the model's NoiseSchedule (runtime argument; the config is `_partial_`).
+        num_steps: S, number of DDIM steps (SCVideo appendix: 50).
+        eta: stochasticity (0 = deterministic DDIM).
+        progress: show a tqdm bar.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0, progress: bool = True):
+        super().__init__(schedule, num_steps, progress)
+        num_timesteps = schedule.num_timesteps
+        stride = num_timesteps // num_steps
+        if stride < 2:
+            raise ValueError(
+                f"DDIMSampler: num_steps={num_steps} gives stride {num_timesteps} // {num_steps} = {stride}; "
+                f"ldm 'uniform' spacing needs num_steps <= {num_timesteps // 2} <sampler.num_steps>"
+            )
+        if eta < 0:
+            raise ValueError(f"DDIMSampler: eta must be >= 0, got {eta} <sampler.eta>")
+        self.eta = eta
+
+        ascending = torch.arange(0, num_timesteps, stride) + 1
+        if len(ascending) != num_steps:
+            log.warning(
+                "ldm 'uniform' DDIM spacing with stride %d gives %d steps, not %d <sampler.num_steps=%d>",
+                stride,
+                len(ascending),
+                num_steps,
+                num_steps,
+            )
+        alphas_cumprod = schedule.alphas_cumprod_f64
+        alphas = alphas_cumprod[ascending]
+        # a_prev = [a_0] + a[ts[:-1]]: the last step (t = 1) goes to a_0, not to 1
+        alphas_prev = torch.cat([alphas_cumprod[:1], alphas_cumprod[ascending[:-1]]])
+        # sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        sigmas = eta * ((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev)).sqrt()
+        if bool((1 - alphas_prev - sigmas**2 < 0).any()):
+            raise ValueError(f"DDIMSampler: eta={eta} makes 1 - a_prev - sigma_t^2 negative <sampler.eta>")
+        # run order: highest timestep first
+        self._timesteps = ascending.flip(0)
+        self._alphas = alphas.flip(0).tolist()
+        self._alphas_prev = alphas_prev.flip(0).tolist()
+        self._sigmas = sigmas.flip(0).tolist()
+
+    def timesteps(self) -> Tensor:
+        """DDPM steps in the order sampling visits them (S = 50: 981, 961, ..., 1), int64."""
+        return self._timesteps.clone()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        eps_model: EpsModel,
+        noise: Tensor,
+        *,
+        cond: Conditions,
+        null_cond: Conditions | None = None,
+        guidance: Guidance | None = None,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """DDIM sampling from x_T = noise `[B, ...]`; returns the state at a_0 `[B, ...]`."""
+        x = noise
+        total = len(self._timesteps)
+        for i in self._progress(range(total), total):
+            a_t, a_prev, sigma_t = self._alphas[i], self._alphas_prev[i], self._sigmas[i]
+            eps = self._guided_eps(eps_model, guidance, x, int(self._timesteps[i]), cond, null_cond)
+            # x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+            x0_pred = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            # x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma_t^2) eps + sigma_t z
+            x = math.sqrt(a_prev) * x0_pred + math.sqrt(1 - a_prev - sigma_t**2) * eps
+            if sigma_t > 0:
+                x = x + sigma_t * self._randn_like(x, generator)
+            if callback is not None:
+                callback(i, total, x, x0_pred)
+        return x
+
+    @torch.no_grad()
+    def invert(
+        self,
+        eps_model: EpsModel,
+        x0: Tensor,
+        *,
+        cond: Conditions,
+        null_cond: Conditions | None = None,
+        guidance: Guidance | None = None,
+        callback: StepCallback | None = None,
+        fixed_point_iterations: int = 0,
+    ) -> Tensor:
+        """Deterministic DDIM inversion: clean x0 `[B, ...]` (taken as the state at a_0) -> x_T `[B, ...]`.
+
+        Runs the sampling timesteps forward (1, 21, ..., 981 for S = 50), inverting each eta = 0 step:
+            x_t = sqrt(a_t / a_prev) (x_prev - sqrt(1 - a_prev) eps) + sqrt(1 - a_t) eps.
+        The exact inverse needs eps = eps(x_t, t), which is unknown; the standard inversion (as in
+        null-text inversion and diffusers' DDIMInverseScheduler) uses eps(x_prev, t), i.e. eps(x_t) ≈
+        eps(x_prev). `fixed_point_iterations` > 0 refines x_t by re-evaluating eps(x_t, t) and re-applying the
+        update that many times (one extra forward each), converging to the exact inverse for small steps.
+        Inversion is always deterministic: self.eta is not used.
+        """
+        if fixed_point_iterations < 0:
+            raise ValueError(f"fixed_point_iterations must be >= 0, got {fixed_point_iterations}")
+        x = x0
+        total = len(self._timesteps)
+        for step, i in enumerate(self._progress(reversed(range(total)), total)):
+            a_t, a_prev = self._alphas[i], self._alphas_prev[i]
+            timestep = int(self._timesteps[i])
+            eps = self._guided_eps(eps_model, guidance, x, timestep, cond, null_cond)
+            # x0 = (x_prev - sqrt(1 - a_prev) eps) / sqrt(a_prev)
+            x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+            # x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
+            x_next = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
+            for _ in range(fixed_point_iterations):
+                eps = self._guided_eps(eps_model, guidance, x_next, timestep, cond, null_cond)
+                x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+                x_next = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
+            x = x_next
+            if callback is not None:
+                callback(step, total, x, x0_pred)
+        return x
