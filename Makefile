@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) outputs logs data/toy
+	rm -rf $(VENV) outputs logs data

@@ -1,0 +1,226 @@
+"""Toy data set "shapes": one coloured shape moving in a straight line on a black background.
+
+Captions read "a red circle moving left". Colours (`COLORS`) are seven well separated RGB primaries
+and secondaries plus white; shapes are circle, square and triangle; directions left, right, up, down.
+Sample `i` of a split takes colour `i % 7`, shape `(i // 7) % 3` and direction `(i // 21) % 4`, so
+every 84 consecutive samples hold each combination once; size, position and speed come from a
+generator seeded by `(seed, split, i)`. Everything is deterministic given the seed.
+
+Default videos are 64 x 64 px, 24 frames at 8 fps. The shape travels 55-68 % of the frame width over
+the video (about 1.5-1.9 px per frame at 64 px), so over 8 frames at stride 1 resized to 32 x 32 it
+moves 5-7 px, and twice that at stride 2: enough for the direction to be obvious.
+
+`ShapesShardSet.generate()` writes the train and validation splits as mp4 shards through the same
+writer as real data (`shard_writer.write_shard_set`), once: it records its settings in
+`ROOT/shapes_settings.json` and refuses to mix shards made with other settings.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.mp4_encoding import encode_mp4
+from datamodules.shard_writer import ShardSample, write_shard_set
+
+log = logging.getLogger(__name__)
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "white": (255, 255, 255),
+}
+SHAPES = ("circle", "square", "triangle")
+# unit displacement per direction in image coordinates (x right, y down)
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+_SUPERSAMPLING = 4
+_SPLITS = {"train": 0, "val": 1}
+
+
+def toy_caption(color: str, shape: str, direction: str) -> str:
+    """`"a red circle moving left"`."""
+    return f"a {color} {shape} moving {direction}"
+
+
+@dataclass(frozen=True)
+class ToyVideoSpec:
+    """One toy video: what moves where. Positions are shape centres in pixels of a `size x size` frame."""
+
+    color: str
+    shape: str
+    direction: str
+    radius: float
+    start_x: float
+    start_y: float
+    travel: float
+
+    @property
+    def caption(self) -> str:
+        return toy_caption(self.color, self.shape, self.direction)
+
+
+def toy_video_spec(index: int, rng: np.random.Generator, size: int) -> ToyVideoSpec:
+    """The spec of sample `index`: its combination by index, its geometry drawn from `rng`."""
+    color = list(COLORS)[index % len(COLORS)]
+    shape = SHAPES[(index // len(COLORS)) % len(SHAPES)]
+    direction = list(DIRECTIONS)[(index // (len(COLORS) * len(SHAPES))) % len(DIRECTIONS)]
+    radius = size * rng.uniform(0.11, 0.14)
+    extent = 1.3 * radius  # the triangle reaches 1.3 r from its centre (`_shape_mask`)
+    low, high = extent + 1.0, size - extent - 1.0
+    travel = min(size * rng.uniform(0.55, 0.68), high - low)
+    step_x, step_y = DIRECTIONS[direction]
+    along = low + rng.uniform(0.0, max(0.0, high - low - travel))
+    across = rng.uniform(low, high)
+    # a shape moving left/up starts at the far end of its path
+    start_along = along + travel if step_x + step_y < 0 else along
+    start_x, start_y = (start_along, across) if step_x else (across, start_along)
+    return ToyVideoSpec(color, shape, direction, radius, start_x, start_y, travel)
+
+
+def render_toy_video(spec: ToyVideoSpec, size: int, num_frames: int) -> np.ndarray:
+    """Frames of `spec`, uint8 RGB `[T, size, size, 3]`, anti-aliased by supersampling."""
+    step_x, step_y = DIRECTIONS[spec.direction]
+    sub = (np.arange(size * _SUPERSAMPLING) + 0.5) / _SUPERSAMPLING
+    grid_y, grid_x = np.meshgrid(sub, sub, indexing="ij")
+    color = np.asarray(COLORS[spec.color], dtype=np.float32)
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for frame_index in range(num_frames):
+        progress = frame_index / max(1, num_frames - 1)
+        center_x = spec.start_x + step_x * spec.travel * progress
+        center_y = spec.start_y + step_y * spec.travel * progress
+        inside = _shape_mask(spec.shape, grid_x - center_x, grid_y - center_y, spec.radius)
+        coverage = inside.reshape(size, _SUPERSAMPLING, size, _SUPERSAMPLING).mean(axis=(1, 3))
+        frames[frame_index] = np.rint(coverage[..., None] * color).astype(np.uint8)
+    return frames
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
+    """Boolean mask of a shape centred at the origin; sizes chosen for similar areas."""
+    if shape == "circle":
+        return dx**2 + dy**2 <= radius**2
+    if shape == "square":
+        half = 0.886 * radius  # same area as the circle: (2 * 0.886 r)^2 = pi r^2
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    if shape == "triangle":
+        # apex up, base down; 1.3 r tall above the centre and below it, 1.3 r half-width at the base
+        top, bottom = -1.3 * radius, 1.3 * radius
+        half_width = 1.3 * radius * (dy - top) / (bottom - top)
+        return (dy >= top) & (dy <= bottom) & (np.abs(dx) <= half_width)
+    raise ValueError(f"unknown toy shape {shape!r}; expected one of {SHAPES}")
+
+
+def toy_sample_factory(
+    seed: int, split: str, size: int, num_frames: int, fps: float
+) -> Callable[[int, str], ShardSample]:
+    """`(index, key) -> ShardSample` making toy video `index` of `split` as an H.264 mp4."""
+    if split not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLITS)}")
+
+    def make_sample(index: int, key: str) -> ShardSample:
+        spec = toy_video_spec(index, np.random.default_rng([seed, _SPLITS[split], index]), size)
+        video = encode_mp4(render_toy_video(spec, size, num_frames), fps)
+        metadata = {
+            **asdict(spec),
+            "split": split,
+            "index": index,
+            "seed": seed,
+            "fps": fps,
+            "num_frames": num_frames,
+            "width": size,
+            "height": size,
+        }
+        return ShardSample(key=key, video=video, caption=spec.caption, metadata=metadata)
+
+    return make_sample
+
+
+class ShapesShardSet:
+    """The toy shard directories `ROOT/train` and `ROOT/val`, generated on demand.
+
+    Args:
+        root: directory of the toy data set.
+        train_samples, val_samples: videos per split.
+        samples_per_shard: videos per tar shard.
+        num_frames: frames per video.
+        size: frame height and width in pixels (even).
+        fps: frame rate of the videos.
+        seed: generation seed (independent of the training seed, so that runs share one data set).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_samples: int = 1024,
+        val_samples: int = 64,
+        samples_per_shard: int = 128,
+        num_frames: int = 24,
+        size: int = 64,
+        fps: float = 8.0,
+        seed: int = 1234,
+    ) -> None:
+        self.root = Path(root)
+        self.train_samples = train_samples
+        self.val_samples = val_samples
+        self.samples_per_shard = samples_per_shard
+        self.num_frames = num_frames
+        self.size = size
+        self.fps = fps
+        self.seed = seed
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def val_dir(self) -> Path:
+        return self.root / "val"
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the shards' content."""
+        return {
+            "train_samples": self.train_samples,
+            "val_samples": self.val_samples,
+            "samples_per_shard": self.samples_per_shard,
+            "num_frames": self.num_frames,
+            "size": self.size,
+            "fps": float(self.fps),
+            "seed": self.seed,
+        }
+
+    def generate(self) -> None:
+        """Write whatever shards are missing (all of them the first time); a no-op when complete.
+
+        Raises:
+            ValueError: `root` holds toy shards generated with other settings.
+        """
+        settings_path = self.root / "shapes_settings.json"
+        if settings_path.exists():
+            recorded = json.loads(settings_path.read_text())
+            if recorded != self.settings():
+                raise ValueError(
+                    f"{self.root} holds toy shards generated with {recorded}, not {self.settings()}; "
+                    "delete that directory or point paths.data_dir elsewhere"
+                )
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            partial = settings_path.with_suffix(".json.partial")
+            partial.write_text(json.dumps(self.settings(), indent=2, sort_keys=True))
+            partial.replace(settings_path)
+        for split, count, directory in (
+            ("train", self.train_samples, self.train_dir),
+            ("val", self.val_samples, self.val_dir),
+        ):
+            make_sample = toy_sample_factory(self.seed, split, self.size, self.num_frames, self.fps)
+            report = write_shard_set(
+                directory, count, self.samples_per_shard, make_sample, description=f"toy shapes ({split})"
+            )
+            if report.shards_written:
+                log.info("wrote %d toy %s shards to %s", report.shards_written, split, directory)

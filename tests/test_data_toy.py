@@ -1,0 +1,147 @@
+"""Toy "shapes" data: deterministic generation, the scorer's accuracy, and the data configs end to end."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from datamodules.frame_selection import FrameSelection
+from datamodules.toy_scorer import parse_caption, score_batch, score_video
+from datamodules.toy_shapes import COLORS, DIRECTIONS, SHAPES, ShapesShardSet, toy_sample_factory
+from datamodules.video_datamodule import VideoDataModule
+from datamodules.video_decoding import decode_clip
+
+CONF_DATA = Path(__file__).resolve().parent.parent / "conf" / "data"
+NUM_TOY_VIDEOS = 2 * len(COLORS) * len(SHAPES) * len(DIRECTIONS)  # 168: every combination twice
+
+
+@pytest.fixture(scope="module")
+def toy_samples():
+    make_sample = toy_sample_factory(seed=1234, split="train", size=64, num_frames=24, fps=8.0)
+    return [make_sample(index, f"{index:09d}") for index in range(NUM_TOY_VIDEOS)]
+
+
+def decoded_videos(samples, selection: FrameSelection) -> torch.Tensor:
+    """The samples as the training pipeline sees them: mp4 decoded, 32 x 32, [B, T, C, H, W] in [-1, 1]."""
+    rng = np.random.default_rng(0)
+    clips = [decode_clip(sample.video, selection, height=32, width=32, rng=rng).frames for sample in samples]
+    return rearrange(torch.from_numpy(np.stack(clips)), "b t h w c -> b t c h w").float() / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def toy_videos_stride_1(toy_samples) -> torch.Tensor:
+    return decoded_videos(toy_samples, FrameSelection(8, frame_stride=1))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_scorer_reads_ground_truth_toy_videos(toy_samples, toy_videos_stride_1, stride: int):
+    videos = (
+        toy_videos_stride_1 if stride == 1 else decoded_videos(toy_samples, FrameSelection(8, frame_stride=2))
+    )
+    scores = score_batch(videos, [sample.caption for sample in toy_samples])
+    assert scores["color_accuracy"] >= 0.99
+    assert scores["direction_accuracy"] >= 0.99
+
+
+def test_scorer_is_robust_to_noise_and_fails_on_shuffled_captions(toy_samples, toy_videos_stride_1):
+    videos = toy_videos_stride_1
+    captions = [sample.caption for sample in toy_samples]
+    noisy = (videos + 0.3 * torch.randn(videos.shape, generator=torch.Generator().manual_seed(0))).clamp(
+        -1, 1
+    )
+    noisy_scores = score_batch(noisy, captions)
+    assert noisy_scores["joint_accuracy"] >= 0.95
+    permutation = np.random.default_rng(0).permutation(len(captions))
+    shuffled_scores = score_batch(videos, [captions[index] for index in permutation])
+    assert shuffled_scores["color_accuracy"] < 0.4
+    assert shuffled_scores["direction_accuracy"] < 0.5
+
+
+def test_motion_is_visible_over_8_frames_at_32px(toy_videos_stride_1):
+    # at least 3 px of centroid travel in a 32 px frame
+    travel = [
+        max(abs(value) for value in score_video(video).displacement) for video in toy_videos_stride_1[:84]
+    ]
+    assert min(travel) > 3 / 32
+
+
+def test_scorer_reads_an_mp4_path_and_reports_blank_videos(toy_samples, tmp_path: Path):
+    path = tmp_path / "video.mp4"
+    path.write_bytes(toy_samples[5].video)
+    score = score_video(path)
+    color, _, direction = parse_caption(toy_samples[5].caption)
+    assert (score.color, score.direction) == (color, direction)
+    blank = score_video(torch.full((8, 3, 32, 32), -1.0))
+    assert (blank.color, blank.direction, blank.foreground_frames) == (None, None, 0)
+
+
+def test_toy_captions_cover_every_combination(toy_samples):
+    parsed = {parse_caption(sample.caption) for sample in toy_samples[:84]}
+    assert len(parsed) == len(COLORS) * len(SHAPES) * len(DIRECTIONS)
+    assert toy_samples[0].caption == "a red circle moving left"
+    with pytest.raises(ValueError, match="not a toy shapes caption"):
+        parse_caption("a panda is playing guitar")
+
+
+def test_toy_generation_is_deterministic_and_checks_its_settings(tmp_path: Path):
+    options = {"train_samples": 5, "val_samples": 3, "samples_per_shard": 4, "num_frames": 12}
+    for name in ("first", "second"):
+        ShapesShardSet(str(tmp_path / name), **options).generate()
+    for relative in ("train/00000.tar", "train/00001.tar", "val/00000.tar"):
+        assert (tmp_path / "first" / relative).read_bytes() == (tmp_path / "second" / relative).read_bytes()
+    with pytest.raises(ValueError, match="generated with"):
+        ShapesShardSet(str(tmp_path / "first"), **{**options, "seed": 7}).generate()
+
+
+def data_config(name: str, tmp_path: Path, **overrides):
+    """conf/data/<name>.yaml with the config nodes it interpolates (paths, resolution, seed) filled in."""
+    root = OmegaConf.create(
+        {
+            "paths": {"data_dir": str(tmp_path / "data")},
+            "resolution": {"height": 32, "width": 32},
+            "seed": 3,
+            "data": OmegaConf.load(CONF_DATA / f"{name}.yaml"),
+        }
+    )
+    root.data = OmegaConf.merge(root.data, overrides)
+    return root.data
+
+
+def test_shapes_config_works_from_nothing(tmp_path: Path):
+    toy = {"train_samples": 16, "val_samples": 8, "samples_per_shard": 8, "num_frames": 12}
+    config = data_config("shapes", tmp_path, samples_per_epoch=8, val_samples=8, batch_size=4, toy_shards=toy)
+    datamodule = instantiate(config)
+    assert isinstance(datamodule, VideoDataModule)
+    datamodule.prepare_data()
+    assert len(list((tmp_path / "data" / "shapes" / "train").glob("*.tar"))) == 2
+    datamodule.setup("fit")
+    train_batches = list(datamodule.train_dataloader())
+    assert len(train_batches) == 2
+    batch = train_batches[0]
+    assert batch["video"].shape == (4, 8, 3, 32, 32)
+    assert len(batch["caption"]) == len(batch["key"]) == 4
+    val_batches = list(datamodule.val_dataloader())
+    assert len(val_batches) == 2
+    videos = torch.cat([val_batch["video"] for val_batch in val_batches])
+    captions = [caption for val_batch in val_batches for caption in val_batch["caption"]]
+    assert score_batch(videos, captions)["joint_accuracy"] == 1.0
+    skip_counts = datamodule.skip_counts()
+    assert set(skip_counts) == {"train", "val"}
+    assert sum(skip_counts["train"].values()) + sum(skip_counts["val"].values()) == 0
+
+
+def test_webvid_config_instantiates_with_stride_or_fps(tmp_path: Path):
+    datamodule = instantiate(data_config("webvid", tmp_path))
+    assert datamodule.selection == FrameSelection(16, frame_stride=8)
+    assert (datamodule.height, datamodule.width) == (32, 32)
+    artv = instantiate(data_config("webvid", tmp_path, frame_stride=None, target_fps=8))
+    assert artv.selection == FrameSelection(16, target_fps=8)
+    with pytest.raises(
+        InstantiationException, match=r"exactly one of data\.frame_stride and data\.target_fps"
+    ):
+        instantiate(data_config("webvid", tmp_path, target_fps=8))
