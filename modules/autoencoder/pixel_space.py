@@ -1,0 +1,65 @@
+"""A lossless, parameter-free first stage for the CPU toy runs.
+
+Why: the default entry points must run on a laptop with no downloads, and there are no pretrained VAE weights
+there; a randomly initialised AutoencoderKL cannot be decoded back to a meaningful video. Pixel unshuffle
+(space-to-depth) is an exactly invertible "autoencoder": `[B, 3, H, W] -> [B, 3 f^2, H/f, W/f]`, so the toy
+diffusion model still works on a small latent grid and what it generates is decoded exactly. It has the same
+API as `AutoencoderKL` (encode/decode/encode_video/decode_video, `latent_channels`, `downsample_factor`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modules.autoencoder.frame_chunks import map_frame_chunks
+
+
+class PixelUnshuffleAutoencoder(nn.Module):
+    """Space-to-depth first stage: latents are `scale_factor * pixel_unshuffle(x, factor)`.
+
+    Args:
+        factor: spatial downsampling factor f (2 for the tiny backbone: 16x16 latents with 12 channels from
+            32x32 RGB frames).
+        scale_factor: multiplies the latents (1.0 keeps pixels in [-1, 1], already unit scale).
+        in_channels: image channels (3 for RGB).
+    """
+
+    def __init__(self, factor: int = 2, scale_factor: float = 1.0, in_channels: int = 3) -> None:
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"PixelUnshuffleAutoencoder: factor must be >= 1, got {factor}")
+        self.factor = factor
+        self.scale_factor = scale_factor
+        self.latent_channels = in_channels * factor * factor
+        self.downsample_factor = factor
+
+    def encode(self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Images `[B, C, H, W]` -> latents `[B, C f^2, H/f, W/f]`. Deterministic: `sample` and `generator`
+        exist for API compatibility with AutoencoderKL and are ignored."""
+        factor = self.factor
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ValueError(
+                f"PixelUnshuffleAutoencoder: frame size {x.shape[-2]}x{x.shape[-1]} is not divisible by the "
+                f"downsampling factor {factor}; set `resolution` to a multiple of {factor}"
+            )
+        return self.scale_factor * F.pixel_unshuffle(x, factor)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latents `[B, C f^2, h, w]` -> images `[B, C, h f, w f]`; the exact inverse of `encode`."""
+        return F.pixel_shuffle(z / self.scale_factor, self.factor)
+
+    def encode_video(
+        self,
+        video: Tensor,
+        chunk_size: int = 8,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Videos `[B, C, T, H, W]` -> latents `[B, C f^2, T, H/f, W/f]`, `chunk_size` frames at a time."""
+        return map_frame_chunks(self.encode, video, chunk_size)
+
+    def decode_video(self, z: Tensor, chunk_size: int = 8) -> Tensor:
+        """Latents `[B, C f^2, T, h, w]` -> videos `[B, C, T, h f, w f]`, `chunk_size` frames at a time."""
+        return map_frame_chunks(self.decode, z, chunk_size)
