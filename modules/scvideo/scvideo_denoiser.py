@@ -1,0 +1,173 @@
+"""SCVideo (SCVideo appendix section 1): SD 1.4 inflated to a text-to-video latent diffusion model.
+
+The denoiser is the video UNet of `video_unet.py` run on all frames of a clip at once; a training example is
+the whole clip, the only condition is the text, and generation denoises the whole clip jointly from noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor
+
+from modules.diffusion.guidance import Guidance
+from modules.diffusion.samplers.base import Sampler
+from modules.scvideo.video_unet import SCVideoBlockFactory, is_paper_trainable
+from modules.scvideo.weight_files import load_pretrained_unet, load_temporal_weights
+from modules.unet.unet_2d import UNetModel
+from modules.video_denoiser import TrainingExample, VideoDenoiser
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_SETS = ("paper", "all")
+
+
+class SCVideoDenoiser(VideoDenoiser):
+    """SCVideo's eps model: `forward(x_t [B, C, T, h, w], t [B], {"text": [B, L, D]}) -> eps [B, C, T, h, w]`.
+
+    Args:
+        unet: a partial `UNetModel` (a `_partial_: true` config from conf/backbone/*.yaml); it is called with
+            `block_factory=SCVideoBlockFactory()`, which inflates it to video with SD's keys kept.
+        pretrained: SD 1.x checkpoint (`.ckpt`/`.safetensors`, full or UNet only) loaded strictly into the
+            parameters shared with SD; None keeps the random init (toy runs).
+        temporal_weights: a file written by `save_temporal_weights` (new and trained parameters), loaded after
+            `pretrained`; None for none.
+        trainable: "paper" trains the temporal convs and all attention modules and freezes the rest (SCVideo
+            appendix, Training; the exact set is documented in `video_unet.py`); "all" trains every parameter.
+            Toy runs start from a random tiny UNet with no pretrained image model, and frozen random spatial
+            layers would cripple them, so they use "all".
+    """
+
+    condition_keys = ("text",)
+
+    def __init__(
+        self,
+        unet: Callable[..., UNetModel],
+        pretrained: str | None = None,
+        temporal_weights: str | None = None,
+        trainable: str = "paper",
+    ) -> None:
+        super().__init__()
+        if trainable not in TRAINABLE_SETS:
+            raise ValueError(f"model.net.trainable must be one of {TRAINABLE_SETS}, got {trainable!r}")
+        if isinstance(unet, torch.nn.Module) or not callable(unet):
+            raise TypeError(
+                "model.net.unet must be a partial UNetModel config (`_partial_: true`, e.g. backbone.unet) that "
+                f"SCVideo calls with its block factory; got {type(unet).__name__}"
+            )
+        self.trainable = trainable
+        self.unet = unet(block_factory=SCVideoBlockFactory())
+        if pretrained is not None:
+            load_pretrained_unet(self.unet, pretrained)
+        if temporal_weights is not None:
+            load_temporal_weights(self.unet, temporal_weights)
+
+    # ---- trainable set ------------------------------------------------------------------------------
+    def _is_trained(self, unet_key: str) -> bool:
+        return self.trainable == "all" or is_paper_trainable(unet_key)
+
+    def trained_parameter_names(self) -> list[str]:
+        """UNet keys of the parameters in the `trainable` set (what `save_temporal_weights` writes)."""
+        return [key for key, _ in self.unet.named_parameters() if self._is_trained(key)]
+
+    def configure_trainable(self) -> None:
+        """requires_grad on the `trainable` set only; everything else frozen (excluded from optimizer and EMA)."""
+        for key, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(self._is_trained(key))
+        trained = sum(p.numel() for p in self.unet.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.unet.parameters())
+        log.info(
+            "SCVideo trains %s of %s UNet parameters <model.net.trainable=%s>",
+            f"{trained:,}",
+            f"{total:,}",
+            self.trainable,
+        )
+
+    # ---- eps model ----------------------------------------------------------------------------------
+    def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """eps for noisy latents x_t `[B, C, T, h, w]` at DDPM steps t `[B]` (int64) with cond["text"] `[B, L, D]`."""
+        text = self._check_inputs(x_t, t, cond)
+        num_frames = x_t.shape[2]
+        frames = rearrange(x_t, "b c t h w -> (b t) c h w")
+        frame_steps = repeat(t, "b -> (b t)", t=num_frames)
+        frame_text = repeat(text, "b l d -> (b t) l d", t=num_frames)
+        eps = self.unet(frames, frame_steps, frame_text, num_frames=num_frames)
+        return rearrange(eps, "(b t) c h w -> b c t h w", t=num_frames)
+
+    def _check_inputs(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        if x_t.ndim != 5 or x_t.shape[1] != self.unet.in_channels:
+            raise ValueError(
+                f"SCVideoDenoiser: x_t must be [B, {self.unet.in_channels}, T, h, w], got {list(x_t.shape)}"
+            )
+        if t.shape != (x_t.shape[0],):
+            raise ValueError(
+                f"SCVideoDenoiser: t must have shape [B] = [{x_t.shape[0]}], got {list(t.shape)}"
+            )
+        text = cond.get("text")
+        if text is None or text.ndim != 3 or text.shape[0] != x_t.shape[0]:
+            shape = None if text is None else list(text.shape)
+            raise ValueError(f"SCVideoDenoiser: cond['text'] must be [B = {x_t.shape[0]}, L, D], got {shape}")
+        unknown = sorted(set(cond) - set(self.condition_keys))
+        if unknown:
+            raise ValueError(
+                f"SCVideoDenoiser: unknown conditions {unknown}; SCVideo is conditioned on text only"
+            )
+        return text
+
+    # ---- training and generation --------------------------------------------------------------------
+    def training_example(self, latents: Tensor) -> TrainingExample:
+        """The whole clip `[B, C, T, h, w]` is the target; text is the only condition."""
+        if latents.ndim != 5:
+            raise ValueError(f"SCVideoDenoiser: latents must be [B, C, T, h, w], got {list(latents.shape)}")
+        return TrainingExample(x0=latents, cond={})
+
+    @torch.no_grad()
+    def generate(
+        self,
+        sampler: Sampler,
+        guidance: Guidance,
+        text: Tensor,
+        null_text: Tensor,
+        *,
+        num_frames: int,
+        latent_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        first_frame: Tensor | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Denoise a whole clip jointly: noise `[B, C, T, h, w]` -> latents `[B, C, T, h, w]`.
+
+        text: `[B, L, D]`; null_text: empty-prompt embedding `[1, L, D]` (the unconditional branch of CFG).
+        The noise is drawn with `generator` on the generator's device (so a CPU generator gives the same
+        video on any device) and moved to the model's device.
+        """
+        if first_frame is not None:
+            raise ValueError(
+                "SCVideo is a text-to-video model: it cannot start from a given first frame (first_frame / "
+                "image-to-video is not supported); omit the first frame, or use model=artv"
+            )
+        if num_frames < 1:
+            raise ValueError(f"SCVideoDenoiser.generate: num_frames must be >= 1, got {num_frames}")
+        reference = next(self.unet.parameters())
+        shape = (text.shape[0], self.unet.in_channels, num_frames, *latent_size)
+        noise_device = generator.device if generator is not None else reference.device
+        noise = torch.randn(shape, generator=generator, device=noise_device).to(
+            reference.device, reference.dtype
+        )
+        # the progress bar is off for this call when the caller asks; the sampler's setting is restored below
+        show_progress = sampler.progress
+        sampler.progress = show_progress and progress
+        try:
+            return sampler.sample(
+                self,
+                noise,
+                cond={"text": text.to(reference.device)},
+                null_cond={"text": null_text.to(reference.device)},
+                guidance=guidance,
+                generator=generator,
+            )
+        finally:
+            sampler.progress = show_progress
