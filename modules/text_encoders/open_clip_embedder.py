@@ -123,6 +123,7 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         self.eot_token_id = tokenizer.eot_token_id
         self.pad_token_id = self.eot_token_id if pad_with_eot else 0
 
+        self.weights_path = None if weights_path is None else str(weights_path)
         if weights_path is not None:
             self.load_weights(weights_path)
         else:

@@ -1,0 +1,88 @@
+"""Sample fixed validation prompts every N training steps and log the videos to TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+class VideoSampleLogger(L.Callback):
+    """Every `every_n_steps` optimizer steps, generate one video per prompt (EMA weights when available)
+    with a fixed seed and log them as `samples/<i>` videos (`[N, T, C, H, W]` uint8) to TensorBoard.
+
+    Args:
+        prompts: the fixed validation prompts.
+        every_n_steps: sampling period in optimizer steps (0 disables).
+        num_frames, height, width: size of the sampled videos.
+        seed: seed of the initial noise, the same every time so samples are comparable across steps.
+        fps: frame rate stored with the video.
+        use_ema: sample with the EMA weights.
+    """
+
+    def __init__(
+        self,
+        prompts: list[str],
+        every_n_steps: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        seed: int = 0,
+        fps: int = 8,
+        use_ema: bool = True,
+    ) -> None:
+        self.prompts = list(prompts)
+        self.every_n_steps = every_n_steps
+        self.num_frames = num_frames
+        self.height = height
+        self.width = width
+        self.seed = seed
+        self.fps = fps
+        self.use_ema = use_ema
+        self._last_logged_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_logged_step:
+            return
+        self._last_logged_step = step
+        self._log_samples(trainer, pl_module, step)
+
+    @rank_zero_only
+    def _log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or not self.prompts:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        ema = getattr(pl_module, "ema", None) if self.use_ema else None
+        try:
+            if ema is not None:
+                with ema.swapped_in(pl_module.net.trainable_named_parameters()):
+                    video = self._generate(pl_module, generator)
+            else:
+                video = self._generate(pl_module, generator)
+        finally:
+            pl_module.train(was_training)
+        frames = ((video.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        for logger in loggers:
+            for index, prompt in enumerate(self.prompts):
+                logger.experiment.add_video(f"samples/{index}", frames[index : index + 1], step, fps=self.fps)
+                logger.experiment.add_text(f"samples/{index}/prompt", prompt, step)
+        log.info("logged %d sample videos at step %d <callbacks.video_samples.every_n_steps>", len(self.prompts), step)
+
+    def _generate(self, pl_module: L.LightningModule, generator: torch.Generator) -> torch.Tensor:
+        return pl_module.generate(
+            self.prompts,
+            num_frames=self.num_frames,
+            height=self.height,
+            width=self.width,
+            generator=generator,
+            progress=False,
+        )

@@ -1,0 +1,109 @@
+"""What sample.py needs: build the model for sampling (from a Lightning checkpoint or from weights named in the
+config), read prompts, and name output files."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from modules.runtime.checkpoint_discovery import newest_complete_checkpoint
+from modules.training.video_diffusion_module import VideoDiffusionModule
+
+log = logging.getLogger(__name__)
+
+
+def find_latest_training_checkpoint(log_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of any run under `<log_dir>/train` (what `make demo` trained), or None."""
+    runs = Path(log_dir) / "train"
+    if not runs.is_dir():
+        return None
+    directories = sorted(runs.glob("**/checkpoints"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for directory in directories:
+        found = newest_complete_checkpoint(directory)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_sampling_checkpoint(ckpt_path: str | None, log_dir: str | Path) -> Path | None:
+    """`null` -> none; `latest` -> newest training checkpoint if any; else the given file, which must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "latest":
+        found = find_latest_training_checkpoint(log_dir)
+        if found is None:
+            log.warning(
+                "no trained checkpoint under %s/train: sampling with the weights the config names (random if "
+                "none) <ckpt_path=latest>",
+                log_dir,
+            )
+        return found
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} <ckpt_path>")
+    return path
+
+
+def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
+    """The network architecture comes from the checkpoint's stored run config (so it always matches the weights);
+    sampler and guidance come from this sampling config (so they can be changed from the command line)."""
+    checkpoint_path = resolve_sampling_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
+    if checkpoint_path is None:
+        return instantiate(cfg.model)
+    # weights_only: a checkpoint never gets to run code; ours hold only tensors and plain containers
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    model_cfg = cfg.model
+    stored = checkpoint.get("run_config")
+    if stored is not None:
+        trained = OmegaConf.create(stored["model"])
+        if trained.net._target_ != cfg.model.net._target_:
+            raise ValueError(
+                f"{checkpoint_path} was trained with net {trained.net._target_}, but this config builds "
+                f"{cfg.model.net._target_}; pass the matching model=... <model>"
+            )
+        trained.sampler = cfg.model.sampler
+        trained.guidance = cfg.model.guidance
+        model_cfg = trained
+    model: VideoDiffusionModule = instantiate(model_cfg)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    log.info("loaded %s (step %s) <ckpt_path>", checkpoint_path, checkpoint.get("global_step", "?"))
+    if cfg.get("use_ema", True):
+        if model.ema is None:
+            log.warning("the checkpoint has no EMA weights; sampling with the training weights <use_ema>")
+        else:
+            model.ema.copy_to(model.net.trainable_named_parameters())
+            log.info("sampling with the EMA weights <use_ema=true>")
+    return model
+
+
+def read_prompts(prompt: str | list[str] | None, prompts_file: str | None) -> list[str]:
+    """Prompts from a file (one per line, blank lines and #-comments skipped) or from `prompt` (str or list)."""
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path} <prompts_file>")
+        prompts = [line.strip() for line in path.read_text().splitlines()]
+        prompts = [p for p in prompts if p and not p.startswith("#")]
+    elif isinstance(prompt, str):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt or [])
+    if not prompts:
+        raise ValueError("no prompt given: set prompt=\"...\" or prompts_file=path <prompt>")
+    return prompts
+
+
+def video_filename(prompt: str, seed: int, suffix: str = ".mp4") -> str:
+    """`a-red-circle-moving-left_seed0.mp4`: the prompt as a slug (at most 80 characters) plus the seed."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:80] or "prompt"
+    return f"{slug}_seed{seed}{suffix}"
+
+
+def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed))

@@ -1,0 +1,258 @@
+"""The LightningModule shared by SCVideo and ART-V: latent video diffusion with eps-prediction.
+
+Everything model-specific (what a training example is, which conditions exist, how a video is generated)
+lives in the `VideoDenoiser` passed as `net`; this module owns the frozen first stage and text encoder,
+the noise schedule, the eps-MSE loss, condition dropout, the EMA of the trainable weights, optimisation,
+non-finite-loss handling and logging.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from modules.checkpoints.sd_checkpoint import load_sd_checkpoint
+from modules.diffusion.noise_schedule import NoiseSchedule
+from modules.training.condition_dropout import drop_conditions
+from modules.training.ema import ExponentialMovingAverage
+from modules.video_denoiser import VideoDenoiser
+
+log = logging.getLogger(__name__)
+
+FROZEN_PREFIXES = ("first_stage.", "text_encoder.")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive non-finite losses."""
+
+
+class VideoDiffusionModule(L.LightningModule):
+    """Train and sample a latent video diffusion model.
+
+    Args:
+        net: the model-specific denoiser (SCVideo, ART-V).
+        first_stage: frozen autoencoder with `encode_video` / `decode_video` (`[B, 3, T, H, W]` <-> latents).
+        text_encoder: frozen text encoder, `list[str] -> [B, 77, D]`.
+        schedule: the noise schedule (SD linear, 1000 steps).
+        optimizer: partial optimizer, called with the trainable parameters.
+        lr_scheduler: partial LR scheduler called with the optimizer, stepped every optimizer step; or None.
+        sampler: partial sampler, called with `schedule=`.
+        guidance: guidance object (CFG, ART-V eq. (1)).
+        condition_dropout: per-condition drop probability in training, e.g. {"text": 0.1}.
+        ema_decay: EMA decay of the trainable weights, or None for no EMA.
+        ema_use_num_updates: ldm-style EMA warm-up (see `ExponentialMovingAverage`).
+        vae_chunk_frames: frames per first-stage call, so memory does not grow with clip length.
+        max_consecutive_nonfinite: stop with an error after this many non-finite losses in a row.
+        pretrained: a full SD checkpoint; its first stage (and its text encoder, unless the text encoder was
+            given its own `weights_path`) are loaded with strict key matching. The net loads its UNet part itself.
+    """
+
+    def __init__(
+        self,
+        net: VideoDenoiser,
+        first_stage: nn.Module,
+        text_encoder: nn.Module,
+        schedule: NoiseSchedule,
+        optimizer: Callable[..., Optimizer],
+        lr_scheduler: Callable[[Optimizer], Any] | None,
+        sampler: Callable[..., Any],
+        guidance: Any,
+        condition_dropout: dict[str, float],
+        ema_decay: float | None = 0.9999,
+        ema_use_num_updates: bool = True,
+        vae_chunk_frames: int = 8,
+        max_consecutive_nonfinite: int = 10,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        if pretrained is not None:
+            own_text_weights = getattr(text_encoder, "weights_path", None) is not None
+            load_sd_checkpoint(
+                pretrained, first_stage=first_stage, text_encoder=None if own_text_weights else text_encoder
+            )
+        self.net = net
+        self.first_stage = first_stage.requires_grad_(False).eval()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.schedule = schedule
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.sampler = sampler(schedule=schedule)
+        self.guidance = guidance
+        self.condition_dropout = dict(condition_dropout)
+        self.vae_chunk_frames = vae_chunk_frames
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.net.configure_trainable()
+        self.ema = (
+            ExponentialMovingAverage(self.net.trainable_named_parameters(), ema_decay, ema_use_num_updates)
+            if ema_decay is not None
+            else None
+        )
+        self.run_config: dict[str, Any] | None = None
+        self._null_text: Tensor | None = None
+        self._skip_this_step = False
+        self._consecutive_nonfinite = 0
+        self.register_buffer("skipped_nonfinite_steps", torch.zeros((), dtype=torch.long))
+
+    # ---- frozen parts -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> VideoDiffusionModule:
+        super().train(mode)
+        self.first_stage.eval()
+        self.text_encoder.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_video(self, video: Tensor) -> Tensor:
+        """Pixels `[B, T, 3, H, W]` in [-1, 1] -> scaled latents `[B, C, T, h, w]`."""
+        return self.first_stage.encode_video(rearrange(video, "b t c h w -> b c t h w"), chunk_size=self.vae_chunk_frames)
+
+    @torch.no_grad()
+    def decode_video(self, latents: Tensor) -> Tensor:
+        """Latents `[B, C, T, h, w]` -> pixels `[B, T, 3, H, W]` clamped to [-1, 1]."""
+        video = self.first_stage.decode_video(latents, chunk_size=self.vae_chunk_frames)
+        return rearrange(video, "b c t h w -> b t c h w").clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> Tensor:
+        """Captions -> text embeddings `[B, 77, D]`."""
+        return self.text_encoder(list(captions)).to(self.device)
+
+    def null_text(self) -> Tensor:
+        """Embedding of the empty prompt `[1, 77, D]`, the null text condition (cached)."""
+        if self._null_text is None or self._null_text.device != self.device:
+            self._null_text = self.encode_text([""])
+        return self._null_text
+
+    # ---- training -----------------------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+        """eps-prediction MSE (ART-V supplementary Table 4; SCVideo follows SD)."""
+        latents = self.encode_video(batch["video"])
+        example = self.net.training_example(latents)
+        cond = {"text": self.encode_text(batch["caption"]), **example.cond}
+        if self.training:
+            cond = drop_conditions(cond, self.net.null_condition(cond, self.null_text()), self.condition_dropout)
+        x0 = example.x0
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator, device="cpu")
+        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0) if generator else torch.randn_like(x0)
+        t = t.to(self.device)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        eps = self.net(x_t, t, cond)
+        return F.mse_loss(eps.float(), noise.float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(batch)
+        finite = bool(torch.isfinite(loss).item())
+        self._skip_this_step = not self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if self._skip_this_step:
+            self.skipped_nonfinite_steps += 1
+            self._consecutive_nonfinite += 1
+            log.warning(
+                "non-finite loss at step %d: skipping the optimizer step (%d in a row, limit %d "
+                "<model.max_consecutive_nonfinite>)",
+                self.global_step,
+                self._consecutive_nonfinite,
+                self.max_consecutive_nonfinite,
+            )
+            if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self._consecutive_nonfinite} consecutive non-finite losses (limit "
+                    f"model.max_consecutive_nonfinite={self.max_consecutive_nonfinite}); lower the learning rate "
+                    "or check the data"
+                )
+            loss = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            self._consecutive_nonfinite = 0
+        batch_size = len(batch["caption"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/skipped_nonfinite", self.skipped_nonfinite_steps.float(), batch_size=batch_size)
+        return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Run forward/backward, then step unless the loss was non-finite on any rank."""
+        optimizer_closure()
+        if self._skip_this_step:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        optimizer.step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None and not self._skip_this_step and self._is_accumulation_boundary(batch_idx):
+            self.ema.update(self.net.trainable_named_parameters())
+
+    def _is_accumulation_boundary(self, batch_idx: int) -> bool:
+        accumulate = self.trainer.accumulate_grad_batches
+        return (batch_idx + 1) % accumulate == 0
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        # a fixed generator per batch makes val/loss comparable between runs and checkpoints
+        generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        loss = self.diffusion_loss(batch, generator=generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        params = [p for _, p in self.net.trainable_named_parameters()]
+        if not params:
+            raise ValueError("the model has no trainable parameters; check model.net's trainable set")
+        optimizer = self.optimizer_factory(params=params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- sampling -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        num_frames: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        first_frame: Tensor | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Text (+ optional first frame `[B, 3, H, W]`) to video `[B, T, 3, H, W]` in [-1, 1]."""
+        factor = self.first_stage.downsample_factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"resolution {height}x{width} is not divisible by the autoencoder's factor {factor} <resolution>"
+            )
+        first_latent = None
+        if first_frame is not None:
+            first_latent = self.encode_video(first_frame[:, None])[:, :, 0]
+        latents = self.net.generate(
+            self.sampler,
+            self.guidance,
+            self.encode_text(prompts),
+            self.null_text(),
+            num_frames=num_frames,
+            latent_size=(height // factor, width // factor),
+            generator=generator,
+            first_frame=first_latent,
+            progress=progress,
+        )
+        return self.decode_video(latents)
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(FROZEN_PREFIXES):
+                state.setdefault(key, value)

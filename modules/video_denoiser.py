@@ -1,0 +1,85 @@
+"""The interface between a model-specific denoising network and the shared training/sampling code.
+
+SCVideo and ART-V differ in what a training example is (a whole clip vs. one frame with references), in
+which conditions exist (text only vs. text + reference frames + anchor frame) and in how a video is
+generated (one joint denoising vs. frame by frame). Everything else (frozen first stage and text encoder,
+noise schedule, eps-MSE loss, condition dropout, EMA, optimisation, logging) is shared by
+`modules.training.video_diffusion_module.VideoDiffusionModule`, which only talks to a `VideoDenoiser`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from modules.diffusion.guidance import Guidance
+
+EpsModel = Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor]
+
+
+@dataclass
+class TrainingExample:
+    """What the denoiser is trained to produce from one batch.
+
+    x0: clean latent target, `[B, C, T, h, w]` (SCVideo) or `[B, C, h, w]` (ART-V, one frame).
+    cond: named conditions other than text (e.g. `reference`, `anchor`), batch first.
+    """
+
+    x0: Tensor
+    cond: dict[str, Tensor]
+
+
+class VideoDenoiser(nn.Module, ABC):
+    """A denoising network plus the model-specific rules for training examples and generation.
+
+    Subclasses set `condition_keys` (the names in `cond`, always including "text") and implement the
+    abstract methods. `forward(x_t, t, cond) -> eps` is the eps model the samplers drive.
+    """
+
+    condition_keys: tuple[str, ...] = ("text",)
+
+    @abstractmethod
+    def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Predict the noise. x_t: latent of the training-example shape; t: int64 `[B]`."""
+
+    @abstractmethod
+    def training_example(self, latents: Tensor) -> TrainingExample:
+        """Turn a clip of clean latents `[B, C, T, h, w]` into a target and its non-text conditions."""
+
+    @abstractmethod
+    def generate(
+        self,
+        sampler,
+        guidance: Guidance,
+        text: Tensor,
+        null_text: Tensor,
+        *,
+        num_frames: int,
+        latent_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        first_frame: Tensor | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Generate latent videos `[B, C, T, h, w]` for text embeddings `[B, L, D]`.
+
+        null_text: the empty-prompt embedding `[1, L, D]`. first_frame: optional clean latent `[B, C, h, w]`
+        to start from (text+image-to-video); models that cannot use it raise ValueError.
+        """
+
+    def null_condition(self, cond: dict[str, Tensor], null_text: Tensor) -> dict[str, Tensor]:
+        """The value each condition takes when dropped: the empty-prompt embedding for text, zeros otherwise."""
+        null = {key: torch.zeros_like(value[:1]) for key, value in cond.items() if key != "text"}
+        null["text"] = null_text
+        return null
+
+    def configure_trainable(self) -> None:
+        """Set `requires_grad` on the paper's trainable set; the default trains everything."""
+        self.requires_grad_(True)
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters the optimizer and the EMA see, after `configure_trainable`."""
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]

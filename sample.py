@@ -1,0 +1,57 @@
+"""Sample videos from a trained model.
+
+    python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
+    python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2]
+    python sample.py model=artv experiment=artv_webvid ckpt_path=... prompt="a panda is playing guitar in the bar"
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from datamodules.mp4_encoding import write_video
+from modules.runtime.config_checks import check_config
+from modules.runtime.sampling import build_model_for_sampling, read_prompts, seeded_generator, video_filename
+
+log = logging.getLogger("sample")
+
+
+def sample(cfg: DictConfig) -> list[Path]:
+    """Generate one video per (prompt, seed) and write them as mp4 files; returns their paths."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
+    model = build_model_for_sampling(cfg).to(device).eval()
+    prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for prompt in prompts:
+        for seed in cfg.seeds:
+            video = model.generate(
+                [prompt],
+                num_frames=cfg.num_frames,
+                height=cfg.resolution.height,
+                width=cfg.resolution.width,
+                generator=seeded_generator(seed, device),
+            )
+            path = output_dir / video_filename(prompt, seed)
+            write_video(path, video[0].cpu(), fps=cfg.fps)
+            written.append(path)
+            log.info("wrote %s", path)
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+if __name__ == "__main__":
+    main()
