@@ -46,9 +46,16 @@ class VideoSampleLogger(L.Callback):
         self.use_ema = use_ema
         self._last_logged_step = -1
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
         step = trainer.global_step
-        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_logged_step:
+        if (
+            self.every_n_steps <= 0
+            or step == 0
+            or step % self.every_n_steps
+            or step == self._last_logged_step
+        ):
             return
         self._last_logged_step = step
         self._log_samples(trainer, pl_module, step)
@@ -75,7 +82,11 @@ class VideoSampleLogger(L.Callback):
             for index, prompt in enumerate(self.prompts):
                 logger.experiment.add_video(f"samples/{index}", frames[index : index + 1], step, fps=self.fps)
                 logger.experiment.add_text(f"samples/{index}/prompt", prompt, step)
-        log.info("logged %d sample videos at step %d <callbacks.video_samples.every_n_steps>", len(self.prompts), step)
+        log.info(
+            "logged %d sample videos at step %d <callbacks.video_samples.every_n_steps>",
+            len(self.prompts),
+            step,
+        )
 
     def _generate(self, pl_module: L.LightningModule, generator: torch.Generator) -> torch.Tensor:
         return pl_module.generate(

@@ -71,7 +71,9 @@ def write_video(path: str | Path, video: torch.Tensor, fps: float, *, crf: int =
     path = Path(path)
     frames = video_tensor_to_uint8(video)
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"H.264 (yuv420p) needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
+        raise ValueError(
+            f"H.264 (yuv420p) needs even height and width, got {frames.shape[1]}x{frames.shape[2]}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(encode_mp4(frames, fps, crf=crf))

@@ -146,3 +146,25 @@ def _as_rgb(video: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
         raise ValueError(f"expected a video tensor [T, C, H, W] with C = 3, got shape {tuple(video.shape)}")
     frames = rearrange(video.detach().float().cpu(), "t c h w -> t h w c").numpy().astype(np.float64)
     return np.clip((frames + 1.0) / 2.0, 0.0, 1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m datamodules.toy_scorer VIDEO.mp4 [...]`: print the colour and direction each video shows."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Score toy 'shapes' videos: which colour, which motion direction."
+    )
+    parser.add_argument("videos", nargs="+", type=Path, help="mp4 files")
+    for path in parser.parse_args(argv).videos:
+        if not path.is_file():
+            raise SystemExit(f"video not found: {path}")
+        score = score_video(path)
+        print(
+            f"{path}: {score.color} shape moving {score.direction} (displacement {score.displacement[0]:+.3f}, "
+            f"{score.displacement[1]:+.3f} of the frame)"
+        )
+
+
+if __name__ == "__main__":
+    main()

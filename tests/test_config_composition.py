@@ -30,7 +30,9 @@ def _entries(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("group", "entry"), [(group, entry) for group in GROUPS for entry in _entries(group)], ids=lambda v: str(v)
+    ("group", "entry"),
+    [(group, entry) for group in GROUPS for entry in _entries(group)],
+    ids=lambda v: str(v),
 )
 def test_every_group_entry_composes_and_resolves(group, entry, tmp_path):
     cfg = compose_config("train", [f"{group}={entry}"], tmp_path)

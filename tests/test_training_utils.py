@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -78,7 +79,7 @@ def test_cosine_with_warmup_shape():
     assert lrs[10] == pytest.approx(2.0)
     assert lrs[60] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[110] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
 
 
 def test_constant_with_warmup_and_bad_arguments():
@@ -92,8 +93,16 @@ def test_constant_with_warmup_and_bad_arguments():
 
 def test_condition_dropout_is_independent_per_key_and_sample():
     batch = 4000
-    cond = {"text": torch.ones(batch, 3, 2), "reference": torch.ones(batch, 8, 2, 2), "anchor": torch.ones(batch, 4)}
-    null = {"text": torch.full((1, 3, 2), -1.0), "reference": torch.zeros(1, 8, 2, 2), "anchor": torch.zeros(1, 4)}
+    cond = {
+        "text": torch.ones(batch, 3, 2),
+        "reference": torch.ones(batch, 8, 2, 2),
+        "anchor": torch.ones(batch, 4),
+    }
+    null = {
+        "text": torch.full((1, 3, 2), -1.0),
+        "reference": torch.zeros(1, 8, 2, 2),
+        "anchor": torch.zeros(1, 4),
+    }
     generator = torch.Generator().manual_seed(0)
     out = drop_conditions(cond, null, {"text": 0.1, "reference": 0.3}, generator)
     text_dropped = (out["text"][:, 0, 0] == -1).float()

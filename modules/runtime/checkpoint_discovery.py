@@ -33,7 +33,9 @@ def newest_complete_checkpoint(directory: str | Path) -> Path | None:
     for candidate in candidates:
         if is_complete_checkpoint(candidate):
             return candidate
-        log.error("checkpoint %s is truncated or corrupt; falling back to an older one <ckpt_path=auto>", candidate)
+        log.error(
+            "checkpoint %s is truncated or corrupt; falling back to an older one <ckpt_path=auto>", candidate
+        )
     return None
 
 
@@ -53,5 +55,7 @@ def resolve_resume_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> st
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} <ckpt_path>")
     if not is_complete_checkpoint(path):
-        raise ValueError(f"checkpoint {path} is truncated or corrupt <ckpt_path>; use ckpt_path=auto to fall back")
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupt <ckpt_path>; use ckpt_path=auto to fall back"
+        )
     return str(path)

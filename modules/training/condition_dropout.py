@@ -27,7 +27,9 @@ def drop_conditions(
     out = dict(cond)
     for key, p in probabilities.items():
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability for {key!r} must be in [0, 1], got {p} <model.condition_dropout>")
+            raise ValueError(
+                f"dropout probability for {key!r} must be in [0, 1], got {p} <model.condition_dropout>"
+            )
         if p == 0.0:
             continue
         value = cond[key]

@@ -54,7 +54,9 @@ class ExponentialMovingAverage(nn.Module):
         params = dict(named_parameters)
         missing = [name for name in self.param_names if name not in params]
         if missing:
-            raise KeyError(f"EMA tracks parameters the model no longer has: {missing[:5]} ({len(missing)} in all)")
+            raise KeyError(
+                f"EMA tracks parameters the model no longer has: {missing[:5]} ({len(missing)} in all)"
+            )
         return [params[name] for name in self.param_names]
 
     @torch.no_grad()
