@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from datamodules.mp4_encoding import video_tensor_to_uint8
 
 log = logging.getLogger(__name__)
 
 
+def gif_summary(tag: str, frames: np.ndarray, fps: float) -> Summary:
+    """An animated-GIF image summary (what TensorBoard's video panel shows) from uint8 frames `[T, H, W, 3]`,
+    encoded with Pillow so logging needs no moviepy."""
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+    )
+    height, width = frames.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
+
+
 class VideoSampleLogger(L.Callback):
     """Every `every_n_steps` optimizer steps, generate one video per prompt (EMA weights when available)
-    with a fixed seed and log them as `samples/<i>` videos (`[N, T, C, H, W]` uint8) to TensorBoard.
+    with a fixed seed and log them to TensorBoard as animated GIFs `samples/<i>` (images tab) with their prompts.
 
     Args:
         prompts: the fixed validation prompts.
@@ -77,11 +96,12 @@ class VideoSampleLogger(L.Callback):
                 video = self._generate(pl_module, generator)
         finally:
             pl_module.train(was_training)
-        frames = ((video.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         for logger in loggers:
+            writer = logger.experiment
             for index, prompt in enumerate(self.prompts):
-                logger.experiment.add_video(f"samples/{index}", frames[index : index + 1], step, fps=self.fps)
-                logger.experiment.add_text(f"samples/{index}/prompt", prompt, step)
+                frames = video_tensor_to_uint8(video[index])
+                writer._get_file_writer().add_summary(gif_summary(f"samples/{index}", frames, self.fps), step)
+                writer.add_text(f"samples/{index}/prompt", prompt, step)
         log.info(
             "logged %d sample videos at step %d <callbacks.video_samples.every_n_steps>",
             len(self.prompts),
