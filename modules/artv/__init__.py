@@ -1,0 +1,20 @@
+"""ART-V: auto-regressive text-to-video with masked diffusion (ART-V supplementary; docs "ART-V")."""
+
+from modules.artv.adapter import T2IAdapter
+from modules.artv.anchor_attention import AnchorBlockFactory, AnchorSpatialTransformer, anchor_tokens
+from modules.artv.artv_denoiser import ARTVDenoiser
+from modules.artv.autoregressive import GeneratedVideo, generate_multi_prompt_video, generate_video
+from modules.artv.masked_diffusion import masked_eps, masked_x0
+
+__all__ = [
+    "ARTVDenoiser",
+    "AnchorBlockFactory",
+    "AnchorSpatialTransformer",
+    "GeneratedVideo",
+    "T2IAdapter",
+    "anchor_tokens",
+    "generate_multi_prompt_video",
+    "generate_video",
+    "masked_eps",
+    "masked_x0",
+]

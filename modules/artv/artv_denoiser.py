@@ -1,0 +1,331 @@
+"""ART-V (Weng et al. 2023): auto-regressive text-to-video with masked diffusion, as a `VideoDenoiser`.
+
+Two 2D UNets (ART-V supplementary Table 1), each with a T2I-Adapter branch reading the reference frames:
+
+- Φdynamic: SD 2.1's UNet (320 channels, out 4), initialised from SD 2.1 (`pretrained`), predicts eps_dyn;
+- Φmask: the same architecture at 64 channels, head channels 32, out 1, randomly initialised, predicts the mask
+  logits; M = sigmoid(.) in [0, 1].
+
+Both read x_t (Table 1 input_shape [4, 80, 80] for both: the noisy target latent, 4 channels), the timestep, the
+text (cross-attention, context 1024), the adapter features of the reference frames and, with `anchor_attention`,
+the anchor frame's patch tokens (`modules/artv/anchor_attention.py`). The prediction handed to the sampler and to
+the eps-MSE loss (Table 4) is the masked composition of `modules/artv/masked_diffusion.py`:
+x0_hat = M * z_ref + (1 - M) * x0_dyn, in eps form. Everything is trained end to end with that loss only.
+
+Conditions (`cond`, batch first; see `modules/artv/reference_frames.py` for the layout and its reasons):
+
+    text       [B, 77, D]     text embedding; null value: the empty-prompt embedding
+    reference  [B, 3C, h, w]  noise-augmented latents of the two previous frames (adapter input, 2C = 8 = Table 1
+                              cin), then the clean previous frame (z_ref); null value: zeros
+    anchor     [B, C, h, w]   the global anchor frame's clean latent; null value: zeros
+
+Our interpretations (not stated by the paper; docs "ART-V, Not stated") are implemented as listed there: the
+sigmoid mask and its composition, the adapter input (two reference latents, noise-augmented: random level in
+training, a fixed small level at inference), the anchor cross-attention block that reproduces the published
+parameter counts and FLOPs, text-to-video's first frame generated with reference and anchor dropped, and
+independent dropout of the three conditions (done by `VideoDiffusionModule` from `condition_dropout`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from modules.artv.adapter import T2IAdapter
+from modules.artv.anchor_attention import AnchorBlockFactory, anchor_tokens, is_anchor_parameter
+from modules.artv.autoregressive import generate_multi_prompt_video, generate_video
+from modules.artv.masked_diffusion import masked_eps
+from modules.artv.reference_frames import (
+    NUM_REFERENCE_FRAMES,
+    build_reference,
+    select_training_frames,
+    unpack_reference,
+)
+from modules.checkpoints import (
+    UNET_PREFIX,
+    LoadReport,
+    load_partial,
+    load_state_dict_file,
+    split_sd_checkpoint,
+)
+from modules.diffusion.guidance import Guidance
+from modules.diffusion.noise_schedule import NoiseSchedule
+from modules.diffusion.samplers.base import Sampler
+from modules.unet.unet_2d import UNetModel
+from modules.video_denoiser import TrainingExample, VideoDenoiser
+
+log = logging.getLogger(__name__)
+
+# Validation examples (eval mode) draw their target frames and augmentation noise from this seed, so val/loss is
+# comparable between runs and checkpoints.
+VALIDATION_SEED = 20_000
+
+
+class ARTVDenoiser(VideoDenoiser):
+    """Φdynamic + Φmask with their T2I-Adapters and the masked composition; one frame per forward.
+
+    Args:
+        dynamic_unet: partial `UNetModel` config of Φdynamic (`${backbone.unet}`; SD 2.1 for the paper); called with
+            the anchor block factory.
+        mask_unet: partial `UNetModel` config of Φmask (Table 1: mc 64, num_head_channels 32, out_channels 1).
+        dynamic_adapter: partial `T2IAdapter` of Φdynamic (Table 1: nums_rb 2, ksize 1, sk, no conv); its
+            `channels` (the UNet's level widths, Table 1 [320, 640, 1280, 1280]) and `cin` (2 x latent channels,
+            Table 1: 8) are derived here so that they always fit the UNet.
+        mask_adapter: partial `T2IAdapter` of Φmask (channels Table 1 [64, 128, 256, 256], derived likewise).
+        schedule: the noise schedule (`${schedule}`), for the x0 <-> eps conversions of the composition.
+        latent_channels: C, channels of the first stage's latents (4 for SD's AutoencoderKL).
+        anchor_attention: add the anchor cross-attention block to every spatial transformer of both UNets
+            (needed for Table 1's 1167.69 M / 51.18 M); without it the anchor condition is unused.
+        anchor_patch_size: side of the anchor patches (4: 4 x 4 x 4 channels = 64-dim tokens).
+        pretrained: SD 2.x checkpoint for Φdynamic (full `.ckpt` / `.safetensors` or a lone UNet file); every
+            SD parameter must load (strict for shared parameters); anchor blocks keep their initialisation.
+            ART-V is eps-prediction (Table 4): use the 512-px SD 2.1-base weights, not the 768-px v-prediction ones.
+        reference_noise_level_train: maximum sigma of the reference noise augmentation in training
+            (sigma ~ U(0, max) per sample).
+        reference_noise_level_inference: the fixed sigma at inference and validation.
+        mask_init_logit: initial bias of Φmask's output conv (its weight starts at zero, as every ldm UNet's
+            output conv): M starts at sigmoid(mask_init_logit) everywhere. -4 (M = 0.018) starts the composition
+            as Φdynamic alone, so the pretrained model is not disturbed by a half-copied reference at first.
+    """
+
+    condition_keys = ("text", "reference", "anchor")
+
+    def __init__(
+        self,
+        dynamic_unet: Callable[..., UNetModel],
+        mask_unet: Callable[..., UNetModel],
+        dynamic_adapter: Callable[..., T2IAdapter],
+        mask_adapter: Callable[..., T2IAdapter],
+        schedule: NoiseSchedule,
+        latent_channels: int = 4,
+        anchor_attention: bool = True,
+        anchor_patch_size: int = 4,
+        pretrained: str | None = None,
+        reference_noise_level_train: float = 0.1,
+        reference_noise_level_inference: float = 0.02,
+        mask_init_logit: float = -4.0,
+    ) -> None:
+        super().__init__()
+        if reference_noise_level_train < 0 or reference_noise_level_inference < 0:
+            raise ValueError(
+                "ARTVDenoiser: reference noise levels must be >= 0, got "
+                f"{reference_noise_level_train} / {reference_noise_level_inference} "
+                "<model.net.reference_noise_level_train / _inference>"
+            )
+        self.latent_channels = latent_channels
+        self.anchor_attention = anchor_attention
+        self.anchor_patch_size = anchor_patch_size
+        self.anchor_context_dim = latent_channels * anchor_patch_size**2
+        self.reference_noise_level_train = reference_noise_level_train
+        self.reference_noise_level_inference = reference_noise_level_inference
+        factory = AnchorBlockFactory(self.anchor_context_dim) if anchor_attention else None
+        self.dynamic_unet = dynamic_unet(block_factory=factory)
+        self.mask_unet = mask_unet(block_factory=factory)
+        self._check_unets()
+        adapter_cin = NUM_REFERENCE_FRAMES * latent_channels
+        self.dynamic_adapter = dynamic_adapter(
+            channels=self.dynamic_unet.adapter_feature_channels, cin=adapter_cin
+        )
+        self.mask_adapter = mask_adapter(channels=self.mask_unet.adapter_feature_channels, cin=adapter_cin)
+        self.schedule = schedule
+        with torch.no_grad():
+            self.mask_unet.out[-1].bias.fill_(mask_init_logit)
+        self.last_mask: Tensor | None = None
+        self.pretrained_report: LoadReport | None = None
+        if not anchor_attention:
+            log.info(
+                "ART-V without the anchor block: the anchor condition is unused <model.net.anchor_attention>"
+            )
+        if pretrained is not None:
+            self.pretrained_report = self.load_pretrained(pretrained)
+
+    def _check_unets(self) -> None:
+        for name, unet, out_channels in (
+            ("dynamic_unet", self.dynamic_unet, self.latent_channels),
+            ("mask_unet", self.mask_unet, 1),
+        ):
+            if unet.in_channels != self.latent_channels or unet.out_channels != out_channels:
+                raise ValueError(
+                    f"ARTVDenoiser: {name} must map {self.latent_channels} latent channels (x_t) to {out_channels}, "
+                    f"got in_channels={unet.in_channels}, out_channels={unet.out_channels} <model.net.{name}>"
+                )
+        if self.dynamic_unet.context_dim != self.mask_unet.context_dim:
+            raise ValueError(
+                "ARTVDenoiser: both UNets read the same text embedding, but context_dim differs "
+                f"({self.dynamic_unet.context_dim} vs {self.mask_unet.context_dim}) <model.net.mask_unet.context_dim>"
+            )
+
+    def load_pretrained(self, path: str | Path) -> LoadReport:
+        """Load SD 2.x UNet weights into Φdynamic: strict for every shared parameter, new ones reported.
+
+        path: a full SD checkpoint (`model.diffusion_model.*` is used) or a UNet-only state dict file.
+        """
+        state_dict = load_state_dict_file(path)
+        if any(key.startswith(UNET_PREFIX) for key in state_dict):
+            state_dict = split_sd_checkpoint(state_dict).unet
+        report = load_partial(
+            self.dynamic_unet,
+            state_dict,
+            what="ART-V Φdynamic (SD UNet)",
+            source=str(path),
+            expected_missing=is_anchor_parameter,
+        )
+        new_elsewhere = {
+            "Φdynamic anchor blocks": sum(
+                p.numel() for name, p in self.dynamic_unet.named_parameters() if is_anchor_parameter(name)
+            ),
+            "Φdynamic adapter": sum(p.numel() for p in self.dynamic_adapter.parameters()),
+            "Φmask (UNet, adapter)": sum(p.numel() for p in self.mask_unet.parameters())
+            + sum(p.numel() for p in self.mask_adapter.parameters()),
+        }
+        log.info(
+            "ART-V: %d SD tensors loaded into Φdynamic; new parameters keep their initialisation: %s",
+            len(report.loaded),
+            ", ".join(f"{name} {count:,}" for name, count in new_elsewhere.items()),
+        )
+        return report
+
+    # ---- the eps model ------------------------------------------------------------------------------
+    def forward(
+        self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor], *, return_mask: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Masked-diffusion eps for one frame.
+
+        Args:
+            x_t: noisy latents `[B, C, h, w]`.
+            t: DDPM steps, int64 `[B]`.
+            cond: {"text": [B, L, D], "reference": [B, 3C, h, w], "anchor": [B, C, h, w]}.
+            return_mask: also return M.
+
+        Returns:
+            eps `[B, C, h, w]`, and M `[B, 1, h, w]` in [0, 1] when `return_mask`. M is also kept (detached) in
+            `self.last_mask` for logging.
+        """
+        self._check_conditions(x_t, cond)
+        adapter_input, reference_frame = unpack_reference(cond["reference"], self.latent_channels)
+        block_kwargs = (
+            {"anchor_context": anchor_tokens(cond["anchor"], self.anchor_patch_size)}
+            if self.anchor_attention
+            else {}
+        )
+        text = cond["text"]
+        eps_dynamic = self.dynamic_unet(
+            x_t, t, text, adapter_features=self.dynamic_adapter(adapter_input), **block_kwargs
+        )
+        mask_logits = self.mask_unet(
+            x_t, t, text, adapter_features=self.mask_adapter(adapter_input), **block_kwargs
+        )
+        mask = torch.sigmoid(mask_logits.float())
+        eps = masked_eps(self.schedule, x_t, t, eps_dynamic.float(), mask, reference_frame.float())
+        self.last_mask = mask.detach()
+        return (eps, mask) if return_mask else eps
+
+    def _check_conditions(self, x_t: Tensor, cond: dict[str, Tensor]) -> None:
+        missing = [key for key in self.condition_keys if key not in cond]
+        if missing:
+            raise KeyError(f"ARTVDenoiser: cond lacks {missing}; it needs {list(self.condition_keys)}")
+        if x_t.ndim != 4 or x_t.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"ARTVDenoiser: x_t must be one frame [B, {self.latent_channels}, h, w], got {tuple(x_t.shape)}"
+            )
+        if cond["anchor"].shape != x_t.shape:
+            raise ValueError(
+                f"ARTVDenoiser: cond['anchor'] must have x_t's shape {tuple(x_t.shape)}, got "
+                f"{tuple(cond['anchor'].shape)}"
+            )
+
+    # ---- training -----------------------------------------------------------------------------------
+    def training_example(self, latents: Tensor) -> TrainingExample:
+        """One target frame per clip with its reference and anchor conditions.
+
+        latents: clean clips `[B, C, T, h, w]` (T >= 2, sampled at 8 fps, Table 4). Returns x0 `[B, C, h, w]`
+        (frame k ~ U{1..T-1}) and cond {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped
+        at 0 and k-1, noise-augmented at a random level in training mode and at the inference level in eval mode;
+        anchor: frame 0). In eval mode the choices are seeded, so validation examples are reproducible.
+        """
+        batch = latents.shape[0]
+        if self.training:
+            index_generator = noise_generator = None
+            levels = torch.rand(batch) * self.reference_noise_level_train
+        else:
+            index_generator = torch.Generator().manual_seed(VALIDATION_SEED)
+            noise_generator = torch.Generator(device=latents.device).manual_seed(VALIDATION_SEED)
+            levels = torch.full((batch,), self.reference_noise_level_inference)
+        frames = select_training_frames(latents, index_generator)
+        reference = build_reference(frames.earlier_reference, frames.previous_frame, levels, noise_generator)
+        return TrainingExample(x0=frames.target, cond={"reference": reference, "anchor": frames.anchor})
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def generate(
+        self,
+        sampler: Sampler,
+        guidance: Guidance,
+        text: Tensor,
+        null_text: Tensor,
+        *,
+        num_frames: int,
+        latent_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        first_frame: Tensor | None = None,
+        progress: bool = True,
+        return_masks: bool = False,
+        initial_noise: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Auto-regressive generation, one frame at a time (see `modules/artv/autoregressive.py`).
+
+        text: `[B, L, D]`; null_text: `[1, L, D]`; first_frame: optional clean latent `[B, C, h, w]` (text+image-
+        to-video: frame 0 and the anchor); initial_noise: optional per-frame starting noise `[B, C, T0, h, w]` of
+        frames 0..T0-1. Returns latents `[B, C, T, h, w]`, and masks `[B, 1, T, h, w]` when `return_masks`.
+        """
+        video = generate_video(
+            self,
+            sampler,
+            guidance,
+            text,
+            null_text,
+            num_frames=num_frames,
+            latent_size=latent_size,
+            generator=generator,
+            first_frame=first_frame,
+            progress=progress,
+            initial_noise=initial_noise,
+        )
+        return (video.latents, video.masks) if return_masks else video.latents
+
+    def generate_multi_prompt(
+        self,
+        sampler: Sampler,
+        guidance: Guidance,
+        texts: list[Tensor],
+        null_text: Tensor,
+        *,
+        frames_per_prompt: int = 16,
+        latent_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        first_frame: Tensor | None = None,
+        progress: bool = True,
+        return_masks: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Multi-prompt long video (ART-V supplementary section 4): `frames_per_prompt` frames per prompt.
+
+        The anchor of the first prompt is its first frame (generated, or `first_frame`); the anchor of every later
+        prompt is the last frame of the previous prompt. texts: one `[B, L, D]` per prompt. Returns latents
+        `[B, C, len(texts) * frames_per_prompt, h, w]` (and masks `[B, 1, T, h, w]` when `return_masks`).
+        """
+        video = generate_multi_prompt_video(
+            self,
+            sampler,
+            guidance,
+            texts,
+            null_text,
+            frames_per_prompt=frames_per_prompt,
+            latent_size=latent_size,
+            generator=generator,
+            first_frame=first_frame,
+            progress=progress,
+        )
+        return (video.latents, video.masks) if return_masks else video.latents

@@ -1,0 +1,112 @@
+"""The ART-V conditions built from previous frames: which frames, their noise augmentation, and how the
+"reference" condition tensor is laid out.
+
+Our interpretation (not stated by the paper; docs "ART-V, Not stated"):
+
+- Training example: a target frame k drawn uniformly from 1..T-1 of a clip sampled at 8 fps (supplementary
+  Table 4), its two predecessors k-2 and k-1 as reference frames (k-2 clamped at frame 0, so k = 1 sees frame 0
+  twice, exactly as the second generated frame does at inference), and the clip's first frame as the global
+  anchor (in text+image-to-video, the first frame is the anchor). Frame 0 itself is never a target: at inference
+  it is either given or generated with reference and anchor dropped, which condition dropout trains.
+- Noise augmentation of the adapter input (to reduce drift when the references are generated frames):
+  reference + sigma * N(0, I), sigma ~ U(0, reference_noise_level_train) per sample in training and
+  sigma = reference_noise_level_inference at inference and validation. Levels are in latent units.
+- The masked composition x0_hat = M * z_ref + (1 - M) * x0_dyn needs the previous frame's *clean* latent,
+  while the adapter reads the *noise-augmented* pair. Both travel in the one condition "reference" so that
+  dropping the reference (training dropout, the eq. (1) null term, the first frame of text-to-video) removes both
+  together: `[B, 3C, h, w]` = [augmented frame k-2, augmented frame k-1, clean frame k-1] (C latent channels;
+  the first 2C = 8 channels are the adapter input, Table 1 cin 8). Its null value is zeros, so with the reference
+  dropped both adapters see zeros and z_ref = 0: the composition becomes x0_hat = (1 - M) * x0_dyn, Φdynamic's
+  estimate scaled by (1 - M), with nothing copied. Both networks see the same null adapter input, so training
+  (condition dropout) learns the right x0 through that product; M -> 0 is its simplest solution, though the loss
+  does not force it. The null terms of eq. (1) and the first frame of text-to-video are such predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+NUM_REFERENCE_FRAMES = 2
+
+
+@dataclass
+class FrameSelection:
+    """Frames of one training example, each `[B, C, h, w]`."""
+
+    target: Tensor
+    earlier_reference: Tensor
+    previous_frame: Tensor
+    anchor: Tensor
+
+
+def select_training_frames(latents: Tensor, generator: torch.Generator | None = None) -> FrameSelection:
+    """Pick per sample a target k in 1..T-1, references k-2 (clamped at 0) and k-1, and frame 0 as anchor.
+
+    latents: clean latent clips `[B, C, T, h, w]` with T >= 2. generator: CPU generator for k (None: global RNG).
+    """
+    if latents.ndim != 5:
+        raise ValueError(
+            f"ART-V training_example: latents must be [B, C, T, h, w], got {tuple(latents.shape)}"
+        )
+    batch, num_frames = latents.shape[0], latents.shape[2]
+    if num_frames < 2:
+        raise ValueError(
+            f"ART-V training_example: clips need at least 2 frames (a reference and a target), got T={num_frames} "
+            "<data.num_frames>"
+        )
+    target_index = torch.randint(1, num_frames, (batch,), generator=generator).to(latents.device)
+    samples = torch.arange(batch, device=latents.device)
+
+    def frames_at(index: Tensor) -> Tensor:
+        return latents[samples, :, index]
+
+    return FrameSelection(
+        target=frames_at(target_index),
+        earlier_reference=frames_at((target_index - 2).clamp(min=0)),
+        previous_frame=frames_at(target_index - 1),
+        anchor=latents[:, :, 0],
+    )
+
+
+def augment_with_noise(frames: Tensor, levels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """frames + sigma * N(0, I) with one sigma per sample.
+
+    frames: `[B, ...]`; levels: sigma `[B]` (>= 0). generator: on frames' device type, or None (global RNG).
+    """
+    noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
+    return frames + levels.to(frames).reshape(-1, *([1] * (frames.ndim - 1))) * noise
+
+
+def build_reference(
+    earlier_reference: Tensor,
+    previous_frame: Tensor,
+    levels: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Noise-augment the pair (k-2, k-1) with per-sample levels `[B]` and pack it with the clean frame k-1.
+
+    earlier_reference, previous_frame: clean `[B, C, h, w]` -> `[B, 3C, h, w]`.
+    """
+    if earlier_reference.shape != previous_frame.shape:
+        raise ValueError(
+            "build_reference: both reference frames must be [B, C, h, w] of one shape, got "
+            f"{tuple(earlier_reference.shape)} and {tuple(previous_frame.shape)}"
+        )
+    pair = torch.cat([earlier_reference, previous_frame], dim=1)
+    return torch.cat([augment_with_noise(pair, levels, generator), previous_frame], dim=1)
+
+
+def unpack_reference(reference: Tensor, latent_channels: int) -> tuple[Tensor, Tensor]:
+    """Split the "reference" condition `[B, 3C, h, w]` into the adapter input `[B, 2C, h, w]` and z_ref
+    `[B, C, h, w]` (the clean previous frame)."""
+    expected = (NUM_REFERENCE_FRAMES + 1) * latent_channels
+    if reference.ndim != 4 or reference.shape[1] != expected:
+        raise ValueError(
+            f"ART-V: cond['reference'] must be [B, {expected}, h, w] (two noise-augmented reference latents and the "
+            f"clean previous frame, {latent_channels} channels each), got {tuple(reference.shape)}"
+        )
+    split = NUM_REFERENCE_FRAMES * latent_channels
+    return reference[:, :split], reference[:, split:]
