@@ -56,6 +56,13 @@ def test_paper_compositions_resolve(overrides, tmp_path):
     OmegaConf.to_container(cfg, resolve=True)
 
 
+@pytest.mark.parametrize("config_name", ["sample", "eval"])
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_for_sampling(config_name, experiment, tmp_path):
+    cfg = compose_config(config_name, [f"experiment={experiment}"], tmp_path)
+    OmegaConf.to_container(cfg, resolve=True)
+
+
 def test_sample_config_composes(tmp_path):
     cfg = compose_config("sample", ["model=artv", "prompt=a panda"], tmp_path)
     assert cfg.prompt == "a panda"

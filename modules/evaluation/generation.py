@@ -13,21 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from einops import rearrange
 
-from datamodules.mp4_encoding import encode_mp4
+from datamodules.mp4_encoding import write_video
 from modules.evaluation.prompts import PromptJob
 from modules.evaluation.video_folder import write_manifest
 from modules.runtime.sampling import seeded_generator
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
-
-
-def video_to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """`[T, C, H, W]` in [-1, 1] -> uint8 `[T, H, W, C]` (rounded, clipped)."""
-    pixels = ((video.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-    return rearrange(pixels, "t c h w -> t h w c")
 
 
 @torch.inference_mode()
@@ -43,24 +36,30 @@ def generate_videos(
     batch_size: int,
     device: torch.device,
 ) -> Path:
-    """Generate one video per job into `output_dir`; returns the folder (with its `videos.csv`)."""
+    """Generate one video per job into `output_dir`; returns the folder (with its `videos.csv`).
+
+    Resumable: files are written atomically and the manifest is rewritten after every batch, so an interrupted
+    run keeps what it made, and a batch whose files all exist is not generated again (a batch's noise depends
+    only on its jobs, so the skipped videos are the ones this run would have made).
+    """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, int]] = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
-        videos = model.generate(
-            [job.prompt for job in batch],
-            num_frames=num_frames,
-            height=height,
-            width=width,
-            generator=seeded_generator(batch[0].seed, device),
-            progress=False,
-        )
-        for job, video in zip(batch, videos.cpu(), strict=True):
-            name = f"{job.index:05d}.mp4"
-            (folder / name).write_bytes(encode_mp4(video_to_uint8(video).numpy(), fps))
-            rows.append((name, job.prompt, job.seed))
+        names = [f"{job.index:05d}.mp4" for job in batch]
+        if not all((folder / name).is_file() for name in names):
+            videos = model.generate(
+                [job.prompt for job in batch],
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                generator=seeded_generator(batch[0].seed, device),
+                progress=False,
+            )
+            for name, video in zip(names, videos.cpu(), strict=True):
+                write_video(folder / name, video, fps)
+        rows.extend((name, job.prompt, job.seed) for name, job in zip(names, batch, strict=True))
+        write_manifest(folder, rows)
         log.info("generated %d / %d videos <eval_protocol.num_videos>", len(rows), len(jobs))
-    write_manifest(folder, rows)
     return folder

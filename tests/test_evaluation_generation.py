@@ -1,0 +1,49 @@
+"""Protocol generation keeps what it made when interrupted, and resumes without regenerating it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modules.evaluation.generation import generate_videos
+from modules.evaluation.prompts import expand_prompts
+from modules.evaluation.video_folder import generated_videos
+
+
+class CountingModel:
+    """Stands in for VideoDiffusionModule.generate: constant videos, counts the prompts it generates."""
+
+    def __init__(self, fail_after_batches: int | None = None) -> None:
+        self.prompts_generated: list[str] = []
+        self.batches = 0
+        self.fail_after_batches = fail_after_batches
+
+    def generate(self, prompts, *, num_frames, height, width, generator, progress):
+        if self.fail_after_batches is not None and self.batches == self.fail_after_batches:
+            raise KeyboardInterrupt("simulated interruption")
+        self.batches += 1
+        self.prompts_generated.extend(prompts)
+        noise = torch.rand(len(prompts), num_frames, 3, height, width, generator=generator)
+        return noise * 2 - 1
+
+
+def _run(model, jobs, folder):
+    return generate_videos(
+        model, jobs, folder, num_frames=2, height=8, width=8, fps=8, batch_size=2, device=torch.device("cpu")
+    )
+
+
+def test_interrupted_generation_keeps_its_videos_and_resumes(tmp_path):
+    jobs = expand_prompts(["a red circle moving left", "a blue square moving up"], 5, seed=0)
+    folder = tmp_path / "generated"
+    with pytest.raises(KeyboardInterrupt):
+        _run(CountingModel(fail_after_batches=2), jobs, folder)
+    kept = generated_videos(folder)
+    assert [entry.path.name for entry in kept] == ["00000.mp4", "00001.mp4", "00002.mp4", "00003.mp4"]
+    assert [entry.prompt for entry in kept] == [job.prompt for job in jobs[:4]]
+
+    resumed = CountingModel()
+    _run(resumed, jobs, folder)
+    assert resumed.prompts_generated == [jobs[4].prompt]
+    assert [entry.prompt for entry in generated_videos(folder)] == [job.prompt for job in jobs]
+    assert not list(folder.glob("*.partial"))
