@@ -138,3 +138,13 @@ def test_bf16_autocast_encode_decode_runs() -> None:
         reconstruction = model.decode(model.encode(images(), sample=False))
     assert reconstruction.shape == (2, 3, 16, 16)
     assert torch.isfinite(reconstruction.float()).all()
+
+
+def test_pixel_space_shift_and_scale_standardise_and_invert():
+    model = PixelUnshuffleAutoencoder(factor=2, scale_factor=4.0, shift_factor=-0.9)
+    video = torch.full((1, 3, 2, 4, 4), -0.9)
+    video[:, :, :, :2, :2] = -0.4
+    latents = model.encode_video(video)
+    assert latents.min().item() == pytest.approx(0.0, abs=1e-6)
+    assert latents.max().item() == pytest.approx(2.0, abs=1e-6)
+    torch.testing.assert_close(model.decode_video(latents), video)

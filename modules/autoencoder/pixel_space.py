@@ -17,21 +17,29 @@ from modules.autoencoder.frame_chunks import map_frame_chunks
 
 
 class PixelUnshuffleAutoencoder(nn.Module):
-    """Space-to-depth first stage: latents are `scale_factor * pixel_unshuffle(x, factor)`.
+    """Space-to-depth first stage: latents are `scale_factor * (pixel_unshuffle(x, factor) - shift_factor)`.
+
+    As with the SD VAE's 0.18215, shift and scale should give the training data's latents zero mean and unit
+    variance: the noise schedule's signal-to-noise ratios assume unit-variance data, and data with a small
+    variance is drowned by the noise at most timesteps, which leaves the model untrained where sampling starts.
 
     Args:
         factor: spatial downsampling factor f (2 for the tiny backbone: 16x16 latents with 12 channels from
             32x32 RGB frames).
-        scale_factor: multiplies the latents (1.0 keeps pixels in [-1, 1], already unit scale).
+        scale_factor: multiplies the shifted latents (1 / the data's pixel standard deviation).
         in_channels: image channels (3 for RGB).
+        shift_factor: subtracted before scaling (the data's mean pixel value in [-1, 1]).
     """
 
-    def __init__(self, factor: int = 2, scale_factor: float = 1.0, in_channels: int = 3) -> None:
+    def __init__(
+        self, factor: int = 2, scale_factor: float = 1.0, in_channels: int = 3, shift_factor: float = 0.0
+    ) -> None:
         super().__init__()
         if factor < 1:
             raise ValueError(f"PixelUnshuffleAutoencoder: factor must be >= 1, got {factor}")
         self.factor = factor
         self.scale_factor = scale_factor
+        self.shift_factor = shift_factor
         self.latent_channels = in_channels * factor * factor
         self.downsample_factor = factor
 
@@ -44,11 +52,11 @@ class PixelUnshuffleAutoencoder(nn.Module):
                 f"PixelUnshuffleAutoencoder: frame size {x.shape[-2]}x{x.shape[-1]} is not divisible by the "
                 f"downsampling factor {factor}; set `resolution` to a multiple of {factor}"
             )
-        return self.scale_factor * F.pixel_unshuffle(x, factor)
+        return self.scale_factor * (F.pixel_unshuffle(x, factor) - self.shift_factor)
 
     def decode(self, z: Tensor) -> Tensor:
         """Latents `[B, C f^2, h, w]` -> images `[B, C, h f, w f]`; the exact inverse of `encode`."""
-        return F.pixel_shuffle(z / self.scale_factor, self.factor)
+        return F.pixel_shuffle(z / self.scale_factor + self.shift_factor, self.factor)
 
     def encode_video(
         self,
