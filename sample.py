@@ -1,8 +1,10 @@
 """Sample videos from a trained model.
 
-    python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
-    python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2]
-    python sample.py model=artv experiment=artv_webvid ckpt_path=... prompt="a panda is playing guitar in the bar"
+python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
+python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2]
+python sample.py model=artv experiment=artv_webvid ckpt_path=... prompt="a panda is playing guitar in the bar"
+python sample.py model=scvideo prompt="a red circle moving left" sampler.init_noise=retrieval \
+    pool=pool/index.safetensors rewriter=template                   # POS (modules/pos/README.md)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from datamodules.mp4_encoding import write_video
+from modules.pos.pos_sampling import build_pos_generator
 from modules.runtime.config_checks import check_config
 from modules.runtime.sampling import build_model_for_sampling, read_prompts, seeded_generator, video_filename
 
@@ -26,15 +29,18 @@ def sample(cfg: DictConfig) -> list[Path]:
     """Generate one video per (prompt, seed) and write them as mp4 files; returns their paths."""
     check_config(cfg)
     L.seed_everything(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu")
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu"
+    )
     model = build_model_for_sampling(cfg).to(device).eval()
+    video_generator = build_pos_generator(cfg, model)
     prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for prompt in prompts:
         for seed in cfg.seeds:
-            video = model.generate(
+            video = video_generator.generate(
                 [prompt],
                 num_frames=cfg.num_frames,
                 height=cfg.resolution.height,

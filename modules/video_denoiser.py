@@ -63,11 +63,15 @@ class VideoDenoiser(nn.Module, ABC):
         generator: torch.Generator | None = None,
         first_frame: Tensor | None = None,
         progress: bool = True,
+        initial_noise: Tensor | None = None,
     ) -> Tensor:
         """Generate latent videos `[B, C, T, h, w]` for text embeddings `[B, L, D]`.
 
         null_text: the empty-prompt embedding `[1, L, D]`. first_frame: optional clean latent `[B, C, h, w]`
         to start from (text+image-to-video); models that cannot use it raise ValueError.
+        initial_noise: the sampler's starting noise instead of a fresh draw (e.g. POS's inverted noise,
+        modules/pos/), in the VP convention of a standard normal (each sampler scales it itself); its layout is
+        the model's (SCVideo: the whole clip `[B, C, T, h, w]`; ART-V: per frame `[B, C, T0, h, w]`, T0 <= T).
         """
 
     def null_condition(self, cond: dict[str, Tensor], null_text: Tensor) -> dict[str, Tensor]:

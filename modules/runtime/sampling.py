@@ -49,15 +49,37 @@ def resolve_sampling_checkpoint(ckpt_path: str | None, log_dir: str | Path) -> P
     return path
 
 
+# Keys of the `sampler` node that sample.py reads for generation itself and that are no sampler constructor
+# argument: `init_noise` (gaussian | retrieval, modules/pos/). They are left out when the sampler is built.
+GENERATION_ONLY_SAMPLER_KEYS = ("init_noise",)
+
+
+def sampler_constructor_config(sampler_cfg: DictConfig) -> DictConfig:
+    """The sampler config without `GENERATION_ONLY_SAMPLER_KEYS` (resolved), for instantiation."""
+    container = OmegaConf.to_container(sampler_cfg, resolve=True)
+    for key in GENERATION_ONLY_SAMPLER_KEYS:
+        container.pop(key, None)
+    return OmegaConf.create(container)
+
+
+def _model_config(cfg: DictConfig) -> DictConfig:
+    """cfg.model, its sampler without generation-only keys."""
+    if not any(key in cfg.model.sampler for key in GENERATION_ONLY_SAMPLER_KEYS):
+        return cfg.model
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg.sampler = sampler_constructor_config(cfg.model.sampler)
+    return model_cfg
+
+
 def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
     """The network architecture comes from the checkpoint's stored run config (so it always matches the weights);
     sampler and guidance come from this sampling config (so they can be changed from the command line)."""
     checkpoint_path = resolve_sampling_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
     if checkpoint_path is None:
-        return instantiate(cfg.model)
+        return instantiate(_model_config(cfg))
     # weights_only: a checkpoint never gets to run code; ours hold only tensors and plain containers
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    model_cfg = cfg.model
+    model_cfg = _model_config(cfg)
     stored = checkpoint.get("run_config")
     if stored is not None:
         trained = OmegaConf.create(stored["model"])
@@ -66,7 +88,7 @@ def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
                 f"{checkpoint_path} was trained with net {trained.net._target_}, but this config builds "
                 f"{cfg.model.net._target_}; pass the matching model=... <model>"
             )
-        trained.sampler = cfg.model.sampler
+        trained.sampler = sampler_constructor_config(cfg.model.sampler)
         trained.guidance = cfg.model.guidance
         model_cfg = trained
     model: VideoDiffusionModule = instantiate(model_cfg)
@@ -95,7 +117,7 @@ def read_prompts(prompt: str | list[str] | None, prompts_file: str | None) -> li
     else:
         prompts = list(prompt or [])
     if not prompts:
-        raise ValueError("no prompt given: set prompt=\"...\" or prompts_file=path <prompt>")
+        raise ValueError('no prompt given: set prompt="..." or prompts_file=path <prompt>')
     return prompts
 
 

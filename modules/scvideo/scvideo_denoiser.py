@@ -137,12 +137,13 @@ class SCVideoDenoiser(VideoDenoiser):
         generator: torch.Generator | None = None,
         first_frame: Tensor | None = None,
         progress: bool = True,
+        initial_noise: Tensor | None = None,
     ) -> Tensor:
         """Denoise a whole clip jointly: noise `[B, C, T, h, w]` -> latents `[B, C, T, h, w]`.
 
         text: `[B, L, D]`; null_text: empty-prompt embedding `[1, L, D]` (the unconditional branch of CFG).
         The noise is drawn with `generator` on the generator's device (so a CPU generator gives the same
-        video on any device) and moved to the model's device.
+        video on any device) and moved to the model's device; `initial_noise` `[B, C, T, h, w]` replaces that draw.
         """
         if first_frame is not None:
             raise ValueError(
@@ -153,10 +154,18 @@ class SCVideoDenoiser(VideoDenoiser):
             raise ValueError(f"SCVideoDenoiser.generate: num_frames must be >= 1, got {num_frames}")
         reference = next(self.unet.parameters())
         shape = (text.shape[0], self.unet.in_channels, num_frames, *latent_size)
-        noise_device = generator.device if generator is not None else reference.device
-        noise = torch.randn(shape, generator=generator, device=noise_device).to(
-            reference.device, reference.dtype
-        )
+        if initial_noise is not None:
+            if tuple(initial_noise.shape) != shape:
+                raise ValueError(
+                    f"SCVideoDenoiser.generate: initial_noise must be [B, C, T, h, w] = {list(shape)}, got "
+                    f"{list(initial_noise.shape)}"
+                )
+            noise = initial_noise.to(reference.device, reference.dtype)
+        else:
+            noise_device = generator.device if generator is not None else reference.device
+            noise = torch.randn(shape, generator=generator, device=noise_device).to(
+                reference.device, reference.dtype
+            )
         # the progress bar is off for this call when the caller asks; the sampler's setting is restored below
         show_progress = sampler.progress
         sampler.progress = show_progress and progress
