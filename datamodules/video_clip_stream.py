@@ -12,6 +12,13 @@ training, `data.val_samples` in validation) shared by the ranks: every rank yiel
   buffer of `shuffle_buffer` encoded samples, and the clip start is random. The epoch number is
   the last `set_epoch` value plus the number of times this worker has started iterating since, so
   each epoch reads different data, with persistent workers or without.
+- Exact resume: `set_epoch(epoch, consumed_batches)` makes the next iteration continue epoch `epoch`
+  after the `consumed_batches` batches this rank had already consumed. The DataLoader takes batches
+  from its workers in turn, so each worker knows how many of its own batches were consumed; it replays
+  them (reads and decodes them, drawing the same random numbers) without yielding them, so the
+  following batches equal those of an uninterrupted run. As the DataLoader starts again with worker 0,
+  the workers' roles are rotated for that iteration (worker 0 plays the worker whose turn was next).
+  The replay costs the decoding of the skipped part of the epoch.
 - Validation: shards in the listed order, no shuffling, centred clips; the same samples every time.
   A validation set smaller than `num_samples` is repeated (cycled), a larger one truncated; set
   `data.val_samples` to at most the validation set's size to see every sample exactly once.
@@ -122,6 +129,7 @@ class VideoClipStream(IterableDataset):
         self.skip_corrupt = skip_corrupt
         self.config_key = config_key
         self.base_epoch = 0
+        self.resume_batches = 0
         self.counters = StreamCounters(max(1, num_workers))
 
     def __len__(self) -> int:
@@ -130,9 +138,16 @@ class VideoClipStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor | str]]:
         slot = self._worker_slot()
-        epoch = (self.base_epoch + self.counters.start_iteration(slot.worker_id)) if self.training else 0
+        started = self.counters.start_iteration(slot.worker_id)
+        resuming = self.training and started == 0 and self.resume_batches > 0
+        if resuming:
+            # the DataLoader asks worker 0 first: it plays the worker whose turn it was, worker 1 the next, ...
+            turn = (slot.worker_id + self.resume_batches) % slot.num_workers
+            slot = WorkerSlot(slot.rank, slot.world_size, turn, slot.num_workers)
+        epoch = (self.base_epoch + started) if self.training else 0
         rng = np.random.default_rng([self.seed, epoch, slot.rank, slot.worker_id]) if self.training else None
         quota = batches_for_worker(self.num_samples, self.batch_size, slot) * self.batch_size
+        replay = self._consumed_batches(slot) * self.batch_size if resuming else 0
         produced = 0
         for pass_index in itertools.count():
             if produced == quota:
@@ -149,7 +164,8 @@ class VideoClipStream(IterableDataset):
                     continue
                 usable += 1
                 produced += 1
-                yield item
+                if produced > replay:
+                    yield item
                 if produced == quota:
                     return
             if usable == 0:
@@ -159,10 +175,22 @@ class VideoClipStream(IterableDataset):
                     f"skipped so far: {self.counters.skip_counts()}"
                 )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration epoch `epoch` (call from the main process before the workers start)."""
+    def set_epoch(self, epoch: int, consumed_batches: int = 0) -> None:
+        """Make the next iteration epoch `epoch`, continuing after the first `consumed_batches` batches of it that
+        this rank already consumed (exact resume); call from the main process before the workers start."""
+        rank_batches = batches_per_rank(self.num_samples, self.batch_size, self.world_size)
+        if not 0 <= consumed_batches < rank_batches:
+            raise ValueError(
+                f"consumed_batches={consumed_batches} is outside the {rank_batches} batches of an epoch on this rank"
+            )
         self.base_epoch = epoch
+        self.resume_batches = consumed_batches
         self.counters.reset_iterations()
+
+    def _consumed_batches(self, slot: WorkerSlot) -> int:
+        """How many of the rank's first `resume_batches` batches came from worker `slot` (the DataLoader takes
+        batch i from worker i % num_workers)."""
+        return max(0, -(-(self.resume_batches - slot.worker_id) // slot.num_workers))
 
     def skip_counts(self) -> dict[str, int]:
         """Skipped samples per reason in this process and its workers."""

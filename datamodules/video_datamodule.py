@@ -11,16 +11,22 @@ Rank and world size come from `torch.distributed` when it is initialised, else f
 Lightning trainer (`global_rank`, `world_size`), else 0 and 1.
 
 With `toy_shards` set (`data=shapes`), `prepare_data` generates the toy shards if they are missing.
+
+Exact resume: the datamodule's `state_dict` (stored in every Lightning checkpoint) holds how many training
+batches this rank has consumed since the run started; after a restart the training stream continues with
+the next batch of the uninterrupted run (`VideoClipStream.set_epoch`).
 """
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch.distributed as dist
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.frame_selection import FrameSelection
+from datamodules.shard_assignment import batches_per_rank
 from datamodules.tar_samples import expand_shard_urls
 from datamodules.toy_shapes import ShapesShardSet
 from datamodules.video_clip_stream import VideoClipStream
@@ -87,6 +93,7 @@ class VideoDataModule(LightningDataModule):
         self.toy_shards = toy_shards
         self.train_dataset: VideoClipStream | None = None
         self.val_dataset: VideoClipStream | None = None
+        self._resume_batches: int | None = None
 
     def prepare_data(self) -> None:
         """Generate the toy shards if this is the toy data set and they are missing (local rank 0 only)."""
@@ -128,9 +135,27 @@ class VideoDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
-        # resuming at epoch e continues with the data order of epoch e instead of replaying epoch 0's
-        self.train_dataset.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        # resuming continues the stream where the checkpoint left it (epoch and batch within the epoch)
+        epoch, consumed = (self.trainer.current_epoch if self.trainer is not None else 0), 0
+        if self._resume_batches is not None:
+            rank_batches = batches_per_rank(
+                self.samples_per_epoch, self.batch_size, self.train_dataset.world_size
+            )
+            epoch, consumed = divmod(self._resume_batches, rank_batches)
+            self._resume_batches = None
+        self.train_dataset.set_epoch(epoch, consumed)
         return self._loader(self.train_dataset)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position: batches this rank has consumed since the run started, all epochs."""
+        if self.trainer is None:
+            return {}
+        return {"train_batches_consumed": self.trainer.fit_loop.epoch_loop.batch_progress.total.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training stream after the batches counted in `state_dict` (from `state_dict()`)."""
+        if "train_batches_consumed" in state_dict:
+            self._resume_batches = int(state_dict["train_batches_consumed"])
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+from webdataset.shardlists import expand_urls
+
+from modules.checkpoints.strict_load import compare_state_dict
+from modules.training.video_diffusion_module import FROZEN_PREFIXES
 
 
 class ConfigError(ValueError):
@@ -42,6 +51,66 @@ def check_resolution(cfg: DictConfig) -> None:
             )
 
 
+def _is_local(url: str) -> bool:
+    if url.startswith("pipe:"):
+        return False
+    scheme = urlparse(url).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # a one-letter scheme is a Windows drive letter
+
+
+def _generated_on_demand(path: Path, toy_root: str | None) -> bool:
+    """Whether `path` lies inside the toy data set that `prepare_data` generates when missing."""
+    return toy_root is not None and path.resolve().is_relative_to(Path(toy_root).resolve())
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    """Every local shard, directory or file named by `data.train_urls` / `data.val_urls` must exist, unless it
+    belongs to the toy set generated on demand (`data.toy_shards.root`). Remote and `pipe:` URLs are not checked."""
+    data = cfg.get("data")
+    if data is None:
+        return
+    toy_shards = data.get("toy_shards")
+    toy_root = toy_shards.get("root") if toy_shards is not None else None
+    for key in ("train_urls", "val_urls"):
+        urls = data.get(key)
+        if urls is None:
+            continue
+        patterns = list(urls) if isinstance(urls, ListConfig | list | tuple) else [urls]
+        local = [Path(url) for pattern in patterns for url in expand_urls(str(pattern)) if _is_local(url)]
+        missing = [path for path in local if not path.exists() and not _generated_on_demand(path, toy_root)]
+        if missing:
+            raise ConfigError(
+                f"data.{key}: {missing[0]} does not exist ({len(missing)} of {len(local)} local shard paths "
+                f"missing); point data.{key} (or paths.data_dir={cfg.paths.data_dir}) at your shards"
+            )
+
+
+def check_checkpoint_matches(model: nn.Module, ckpt_path: str | None) -> None:
+    """The `state_dict` of the Lightning checkpoint `ckpt_path` must fit `model` key by key and shape by shape
+    (the frozen encoders, which checkpoints leave out, excepted). Sharded (directory) checkpoints are not checked."""
+    if ckpt_path is None or Path(ckpt_path).is_dir():
+        return
+    # mmap: only the key and shape metadata is read here, not the tensors
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    state_dict = checkpoint.get("state_dict")
+    if state_dict is None:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} has no 'state_dict'; it is not a Lightning training checkpoint"
+        )
+    report = compare_state_dict(model, state_dict, what="model", source=str(ckpt_path))
+    missing = [key for key in report.missing if not key.startswith(FROZEN_PREFIXES)]
+    if not (missing or report.unexpected or report.shape_mismatches):
+        return
+    first = str(report.shape_mismatches[0]) if report.shape_mismatches else (missing or report.unexpected)[0]
+    trained_net = checkpoint.get("run_config", {}).get("model", {}).get("net", {}).get("_target_", "unknown")
+    raise ConfigError(
+        f"ckpt_path={ckpt_path} does not match the model: {len(missing)} missing, {len(report.unexpected)} "
+        f"unexpected, {len(report.shape_mismatches)} shape-mismatched keys (first: {first}); it was trained with "
+        f"net {trained_net}: pass the model/backbone it was trained with, or another ckpt_path"
+    )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Run every check; raises ConfigError with the offending key."""
     check_resolution(cfg)
+    check_data_paths(cfg)

@@ -9,13 +9,16 @@ non-finite-loss handling and logging.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -23,6 +26,7 @@ from modules.checkpoints.sd_checkpoint import load_sd_checkpoint
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.training.condition_dropout import drop_conditions
 from modules.training.ema import ExponentialMovingAverage
+from modules.training.fsdp import clean_parameter_name, full_parameters, saves_sharded_checkpoints
 from modules.video_denoiser import VideoDenoiser
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,8 @@ class VideoDiffusionModule(L.LightningModule):
         self._skip_this_step = False
         self._consecutive_nonfinite = 0
         self.register_buffer("skipped_nonfinite_steps", torch.zeros((), dtype=torch.long))
+        # base of the per-batch training seeds (drawn from the run's seeded RNG; kept in checkpoints)
+        self.training_seed = int(torch.randint(0, 2**62, ()).item())
 
     # ---- frozen parts -------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> VideoDiffusionModule:
@@ -111,7 +117,9 @@ class VideoDiffusionModule(L.LightningModule):
     @torch.no_grad()
     def encode_video(self, video: Tensor) -> Tensor:
         """Pixels `[B, T, 3, H, W]` in [-1, 1] -> scaled latents `[B, C, T, h, w]`."""
-        return self.first_stage.encode_video(rearrange(video, "b t c h w -> b c t h w"), chunk_size=self.vae_chunk_frames)
+        return self.first_stage.encode_video(
+            rearrange(video, "b t c h w -> b c t h w"), chunk_size=self.vae_chunk_frames
+        )
 
     @torch.no_grad()
     def decode_video(self, latents: Tensor) -> Tensor:
@@ -137,17 +145,41 @@ class VideoDiffusionModule(L.LightningModule):
         example = self.net.training_example(latents)
         cond = {"text": self.encode_text(batch["caption"]), **example.cond}
         if self.training:
-            cond = drop_conditions(cond, self.net.null_condition(cond, self.null_text()), self.condition_dropout)
+            cond = drop_conditions(
+                cond, self.net.null_condition(cond, self.null_text()), self.condition_dropout
+            )
         x0 = example.x0
         t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator, device="cpu")
-        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0) if generator else torch.randn_like(x0)
+        noise = (
+            torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
+            if generator
+            else torch.randn_like(x0)
+        )
         t = t.to(self.device)
         x_t = self.schedule.q_sample(x0, t, noise)
         eps = self.net(x_t, t, cond)
         return F.mse_loss(eps.float(), noise.float())
 
+    @contextmanager
+    def training_randomness(self) -> Iterator[None]:
+        """Seed every random draw of one training batch (timesteps, noise, condition dropout, the net's own
+        choices) from (training seed, rank, batch index across epochs), restoring the global RNG afterwards.
+
+        A resumed run therefore draws exactly what an uninterrupted one would, whatever else used the global
+        RNG in between (dataloader seeds, validation, sampling callbacks), and DDP ranks draw different noise.
+        """
+        batch_index = self.trainer.fit_loop.total_batch_idx
+        seed = np.random.SeedSequence([self.training_seed, self.global_rank, batch_index]).generate_state(
+            1, dtype=np.uint64
+        )
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed[0]))
+            yield
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(batch)
+        with self.training_randomness():
+            loss = self.diffusion_loss(batch)
         finite = bool(torch.isfinite(loss).item())
         self._skip_this_step = not self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if self._skip_this_step:
@@ -174,21 +206,26 @@ class VideoDiffusionModule(L.LightningModule):
         self.log("train/skipped_nonfinite", self.skipped_nonfinite_steps.float(), batch_size=batch_size)
         return loss
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Run forward/backward, then step unless the loss was non-finite on any rank."""
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """Run forward/backward, then step unless the loss was non-finite on any rank; the EMA follows every
+        optimizer step here, before any `on_train_batch_end` hook, so a checkpoint written there (ModelCheckpoint,
+        PreemptionCheckpoint) holds weights and EMA of the same step."""
         optimizer_closure()
         if self._skip_this_step:
             optimizer.zero_grad(set_to_none=True)
             return
         optimizer.step()
+        self.update_ema(self.trainer.strategy)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None and not self._skip_this_step and self._is_accumulation_boundary(batch_idx):
-            self.ema.update(self.net.trainable_named_parameters())
-
-    def _is_accumulation_boundary(self, batch_idx: int) -> bool:
-        accumulate = self.trainer.accumulate_grad_batches
-        return (batch_idx + 1) % accumulate == 0
+    def update_ema(self, strategy: Strategy | None) -> None:
+        """One EMA step of the trainable weights; under FSDP from the full parameters (modules/training/fsdp.py),
+        which every rank must join."""
+        if self.ema is None:
+            return
+        with full_parameters(strategy):
+            self.ema.update([(clean_parameter_name(n), p) for n, p in self.net.trainable_named_parameters()])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         # a fixed generator per batch makes val/loss comparable between runs and checkpoints
@@ -219,8 +256,12 @@ class VideoDiffusionModule(L.LightningModule):
         generator: torch.Generator | None = None,
         first_frame: Tensor | None = None,
         progress: bool = True,
+        initial_noise: Tensor | None = None,
     ) -> Tensor:
-        """Text (+ optional first frame `[B, 3, H, W]`) to video `[B, T, 3, H, W]` in [-1, 1]."""
+        """Text (+ optional first frame `[B, 3, H, W]`) to video `[B, T, 3, H, W]` in [-1, 1].
+
+        initial_noise: the sampler's starting noise in the net's layout (`VideoDenoiser.generate`), else drawn.
+        """
         factor = self.first_stage.downsample_factor
         if height % factor or width % factor:
             raise ValueError(
@@ -239,20 +280,29 @@ class VideoDiffusionModule(L.LightningModule):
             generator=generator,
             first_frame=first_latent,
             progress=progress,
+            initial_noise=initial_noise,
         )
         return self.decode_video(latents)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint."""
+        """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint but sharded FSDP
+        ones (Lightning loads those strictly, key by key, through torch.distributed.checkpoint)."""
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
-            del state[key]
+        if not saves_sharded_checkpoints(self.trainer.strategy):
+            for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+                del state[key]
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
+        checkpoint["training_seed"] = self.training_seed
+        checkpoint["consecutive_nonfinite"] = self._consecutive_nonfinite
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
+        self.training_seed = int(checkpoint.get("training_seed", self.training_seed))
+        self._consecutive_nonfinite = int(checkpoint.get("consecutive_nonfinite", 0))
+        state = checkpoint.get("state_dict")
+        if state is None:  # a sharded FSDP checkpoint: the strategy has loaded the weights itself
+            return
         for key, value in self.state_dict().items():
             if key.startswith(FROZEN_PREFIXES):
                 state.setdefault(key, value)
