@@ -17,8 +17,6 @@ key frame a seek lands on and the clip's first frame.
 import argparse
 import datetime
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from bench.report import machine_description, write_section
 from datamodules.frame_selection import FrameSelection
 from datamodules.mp4_encoding import encode_mp4
 from datamodules.shard_writer import ShardSample, write_shard_set
@@ -117,15 +116,6 @@ def summary_line(results: list[dict]) -> str:
     return f"bench_loader (16x{CLIP_SIZE}x{CLIP_SIZE} clips): " + "; ".join(cases)
 
 
-def machine_description() -> str:
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    return (
-        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        f"(os.cpu_count), load average {load} when the bench started; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, PyAV {av.__version__}"
-    )
-
-
 def markdown_section(results: list[dict], args: argparse.Namespace, command: str, machine: str) -> str:
     rows = [
         "| clip layout | workers | clips | seconds | clips/s | clip frames/s | decoded frames/s | decoded frames per clip |",
@@ -160,21 +150,6 @@ def markdown_section(results: list[dict], args: argparse.Namespace, command: str
     )
 
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `path`, appending the section
-    when absent and creating the file when missing; the rest of the file is kept."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    machine = machine_description()
+    machine = f"{machine_description()}, PyAV {av.__version__}"
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as directory:
         urls = write_source_shards(Path(directory), args.videos)

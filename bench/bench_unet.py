@@ -15,8 +15,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from bench.report import machine_description, write_section
 from modules.blocks.attention import attention_backend
 
 LOGGER = logging.getLogger("bench.bench_unet")
@@ -125,30 +124,6 @@ def summary_line(result: dict) -> str:
     return line
 
 
-def machine_description(threads: int) -> str:
-    cpu_model = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu_model = names[0] if names else cpu_model
-    memory = ""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        total_kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
-        memory = f", {total_kib / 2**20:.0f} GiB RAM"
-    description = (
-        f"{cpu_model}, {os.cpu_count()} logical cores{memory}, {threads} torch threads; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
-    if torch.cuda.is_available():
-        description += f"; GPU {torch.cuda.get_device_name(0)}"
-    return description
-
-
 def markdown_section(results: list[dict], args: argparse.Namespace, command: str) -> str:
     size = args.latent_size
     rows = [
@@ -182,22 +157,6 @@ def markdown_section(results: list[dict], args: argparse.Namespace, command: str
             *rows,
         ]
     )
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `path` (appending the section
-    if absent, creating the file if missing); everything else is kept."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def parse_args() -> argparse.Namespace:

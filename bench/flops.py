@@ -23,7 +23,7 @@ import datetime
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.bench_unet import machine_description, write_section
+from bench.report import machine_description, write_section
 from modules.blocks.attention import Attention
 
 LOGGER = logging.getLogger("bench.flops")
@@ -151,17 +151,19 @@ def counting_macs(model: nn.Module) -> Iterator[MacCount]:
             handle.remove()
 
 
-def build_artv_net(anchor_attention: bool = True) -> nn.Module:
+def build_artv_net(
+    anchor_attention: bool = True, overrides: Sequence[str] = (), device: str | torch.device = "meta"
+) -> nn.Module:
     """The ART-V denoiser of the paper configuration (`experiment=artv_webvid`: conf/model/artv.yaml with
-    backbone=sd21), on the meta device."""
+    backbone=sd21), on the meta device unless `device` says otherwise; `overrides` are further Hydra overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    overrides = ["experiment=artv_webvid", "model.net.pretrained=null"]
+    overrides = ["experiment=artv_webvid", "model.net.pretrained=null", *overrides]
     overrides.append(f"model.net.anchor_attention={str(anchor_attention).lower()}")
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose(config_name="train", overrides=overrides)
-    with torch.device("meta"):
+    with torch.device(device):
         return instantiate(cfg.model.net)
 
 
@@ -182,16 +184,19 @@ def artv_macs(net: nn.Module, resolution: int, num_frames: int = NUM_FRAMES) -> 
     return count
 
 
-def build_modelscope_unet() -> nn.Module:
-    """diffusers' UNet3DConditionModel with ModelScope's configuration, on the meta device."""
+def build_modelscope_unet(
+    config: dict[str, Any] | None = None, device: str | torch.device = "meta"
+) -> nn.Module:
+    """diffusers' UNet3DConditionModel with ModelScope's configuration (or `config`), on the meta device unless
+    `device` says otherwise."""
     try:
         from diffusers import UNet3DConditionModel
     except ImportError as error:
         raise ImportError(
             "bench.flops needs diffusers for the ModelScope baseline: pip install -e '.[dev]'"
         ) from error
-    with torch.device("meta"):
-        return UNet3DConditionModel(**MODELSCOPE_UNET)
+    with torch.device(device):
+        return UNet3DConditionModel(**(MODELSCOPE_UNET if config is None else config))
 
 
 def modelscope_macs(unet: nn.Module, resolution: int, num_frames: int = NUM_FRAMES) -> MacCount:
