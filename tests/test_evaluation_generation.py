@@ -47,3 +47,13 @@ def test_interrupted_generation_keeps_its_videos_and_resumes(tmp_path):
     assert resumed.prompts_generated == [jobs[4].prompt]
     assert [entry.prompt for entry in generated_videos(folder)] == [job.prompt for job in jobs]
     assert not list(folder.glob("*.partial"))
+
+
+def test_resume_regenerates_videos_made_for_other_prompts(tmp_path):
+    folder = tmp_path / "generated"
+    _run(CountingModel(), expand_prompts(["a red circle moving left"], 2, seed=0), folder)
+    other = expand_prompts(["a blue square moving up"], 2, seed=0)
+    model = CountingModel()
+    _run(model, other, folder)
+    assert model.prompts_generated == [job.prompt for job in other]
+    assert [entry.prompt for entry in generated_videos(folder)] == [job.prompt for job in other]

@@ -288,3 +288,27 @@ def test_sampler_configs_are_partials_taking_the_schedule(schedule: NoiseSchedul
     assert {key: getattr(sampler, key) for key in expected} == expected
     with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
         factory(schedule=None)
+
+
+@pytest.mark.parametrize("sampler_class", [DDIMSampler, DPMPP2SAncestralSampler])
+def test_x0_range_clips_every_predicted_x0(sampler_class):
+    """A model that predicts a far-off x0 (eps = 0 on unit noise means x0 = x / sqrt(a_t), up to ~15) is held to
+    `x0_range`, and the result lies in it; without the range the same model leaves that range."""
+    schedule = NoiseSchedule()
+    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+
+    def zero_eps(x, t, cond):
+        return torch.zeros_like(x)
+
+    def record(step, total, x, x0_pred):
+        seen.append(x0_pred)
+
+    clipped = sampler_class(schedule, num_steps=10, progress=False, x0_range=(-0.5, 0.5))
+    out = clipped.sample(zero_eps, noise, cond={}, generator=torch.Generator().manual_seed(1), callback=record)
+    assert all(float(x0.abs().max()) <= 0.5 + 1e-6 for x0 in seen)
+    assert float(out.abs().max()) <= 0.6
+    free = sampler_class(schedule, num_steps=10, progress=False)
+    assert float(free.sample(zero_eps, noise, cond={}, generator=torch.Generator().manual_seed(1)).abs().max()) > 1.0
+    with pytest.raises(ValueError, match="x0_range"):
+        sampler_class(schedule, num_steps=10, x0_range=(1.0, -1.0))

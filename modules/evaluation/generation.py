@@ -8,6 +8,7 @@ file's prompt and seed, so the folder can be re-scored later with `generated_dir
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from datamodules.mp4_encoding import write_video
 from modules.evaluation.prompts import PromptJob
-from modules.evaluation.video_folder import write_manifest
+from modules.evaluation.video_folder import MANIFEST_NAME, write_manifest
 from modules.runtime.sampling import seeded_generator
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
@@ -44,11 +45,16 @@ def generate_videos(
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    finished = _finished_videos(folder)
     rows: list[tuple[str, str, int]] = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         names = [f"{job.index:05d}.mp4" for job in batch]
-        if not all((folder / name).is_file() for name in names):
+        done = all(
+            (folder / name).is_file() and finished.get(name) == (job.prompt, job.seed)
+            for name, job in zip(names, batch, strict=True)
+        )
+        if not done:
             videos = model.generate(
                 [job.prompt for job in batch],
                 num_frames=num_frames,
@@ -63,3 +69,13 @@ def generate_videos(
         write_manifest(folder, rows)
         log.info("generated %d / %d videos <eval_protocol.num_videos>", len(rows), len(jobs))
     return folder
+
+
+def _finished_videos(folder: Path) -> dict[str, tuple[str, int]]:
+    """`file -> (prompt, seed)` of the videos an earlier run recorded in the manifest; a file whose prompt or seed
+    differs from the current job (another protocol, another num_videos) is generated again."""
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        return {row["file"]: (row["prompt"], int(row["seed"])) for row in csv.DictReader(handle)}

@@ -26,9 +26,17 @@ StepCallback = Callable[[int, int, Tensor, Tensor], None]
 
 
 class Sampler(ABC):
-    """Base class. Args: schedule (the model's NoiseSchedule), num_steps, progress (tqdm bar on/off)."""
+    """Base class. Args: schedule (the model's NoiseSchedule), num_steps, progress (tqdm bar on/off),
+    x0_range: optional `[low, high]` to which every predicted x0 is clipped (pixel-space models, as in DDPM's
+    clipped x0 and diffusers' `clip_sample`); None, the default and the original ldm/sgm behaviour, never clips."""
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int, progress: bool = True):
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        num_steps: int,
+        progress: bool = True,
+        x0_range: tuple[float, float] | None = None,
+    ):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(
                 f"{type(self).__name__}: schedule must be a NoiseSchedule, got {type(schedule).__name__} "
@@ -38,9 +46,16 @@ class Sampler(ABC):
             raise ValueError(
                 f"{type(self).__name__}: num_steps must be >= 1, got {num_steps} <sampler.num_steps>"
             )
+        if x0_range is not None and (len(x0_range) != 2 or not x0_range[0] < x0_range[1]):
+            raise ValueError(f"x0_range must be [low, high] with low < high, got {x0_range} <sampler.x0_range>")
         self.schedule = schedule
         self.num_steps = num_steps
         self.progress = progress
+        self.x0_range = None if x0_range is None else (float(x0_range[0]), float(x0_range[1]))
+
+    def clip_x0(self, x0: Tensor) -> Tensor:
+        """Clamp a predicted x0 to `x0_range` (identity when it is None)."""
+        return x0 if self.x0_range is None else x0.clamp(*self.x0_range)
 
     @abstractmethod
     def sample(

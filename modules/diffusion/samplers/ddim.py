@@ -31,10 +31,18 @@ class DDIMSampler(Sampler):
         num_steps: S, number of DDIM steps (SCVideo appendix: 50).
         eta: stochasticity (0 = deterministic DDIM).
         progress: show a tqdm bar.
+        x0_range: clip predicted x0 to this range and re-derive eps from it (pixel-space models); None = ldm.
     """
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0, progress: bool = True):
-        super().__init__(schedule, num_steps, progress)
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        num_steps: int = 50,
+        eta: float = 0.0,
+        progress: bool = True,
+        x0_range: tuple[float, float] | None = None,
+    ):
+        super().__init__(schedule, num_steps, progress, x0_range)
         num_timesteps = schedule.num_timesteps
         stride = num_timesteps // num_steps
         if stride < 2:
@@ -93,6 +101,10 @@ class DDIMSampler(Sampler):
             eps = self._guided_eps(eps_model, guidance, x, int(self._timesteps[i]), cond, null_cond)
             # x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
             x0_pred = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if self.x0_range is not None:
+                x0_pred = self.clip_x0(x0_pred)
+                # eps consistent with the clipped x0: eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)
+                eps = (x - math.sqrt(a_t) * x0_pred) / math.sqrt(1 - a_t)
             # x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma_t^2) eps + sigma_t z
             x = math.sqrt(a_prev) * x0_pred + math.sqrt(1 - a_prev - sigma_t**2) * eps
             if sigma_t > 0:

@@ -30,6 +30,7 @@ class DPMPP2SAncestralSampler(Sampler):
         eta: ancestral noise amount (sgm default 1; 0 gives the deterministic DPM++ 2S).
         s_noise: scale of the added noise (sgm default 1).
         progress: show a tqdm bar.
+        x0_range: clip the denoised estimate to this range (pixel-space models); None = sgm.
     """
 
     def __init__(
@@ -39,8 +40,9 @@ class DPMPP2SAncestralSampler(Sampler):
         eta: float = 1.0,
         s_noise: float = 1.0,
         progress: bool = True,
+        x0_range: tuple[float, float] | None = None,
     ):
-        super().__init__(schedule, num_steps, progress)
+        super().__init__(schedule, num_steps, progress, x0_range)
         max_step = schedule.num_timesteps - 1
         if num_steps > schedule.num_timesteps:
             raise ValueError(
@@ -74,11 +76,12 @@ class DPMPP2SAncestralSampler(Sampler):
         cond: Conditions,
         null_cond: Conditions | None,
     ) -> Tensor:
-        """D(x, sigma) = x - sigma_q * eps(x / sqrt(sigma_q^2 + 1), t_q), sigma_q the nearest grid sigma."""
+        """D(x, sigma) = x - sigma_q * eps(x / sqrt(sigma_q^2 + 1), t_q), sigma_q the nearest grid sigma; clipped to
+        `x0_range` when set."""
         timestep = int(self.schedule.sigma_to_t(torch.tensor(sigma, dtype=torch.float64)))
         sigma_q = float(self.schedule.sigmas_f64[timestep])
         eps = self._guided_eps(eps_model, guidance, x / math.sqrt(sigma_q**2 + 1), timestep, cond, null_cond)
-        return x - sigma_q * eps
+        return self.clip_x0(x - sigma_q * eps)
 
     def _ancestral_split(self, sigma: float, sigma_next: float) -> tuple[float, float]:
         """(sigma_down, sigma_up) with sigma_down^2 + sigma_up^2 = sigma_next^2."""
