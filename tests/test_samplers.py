@@ -305,10 +305,15 @@ def test_x0_range_clips_every_predicted_x0(sampler_class):
         seen.append(x0_pred)
 
     clipped = sampler_class(schedule, num_steps=10, progress=False, x0_range=(-0.5, 0.5))
-    out = clipped.sample(zero_eps, noise, cond={}, generator=torch.Generator().manual_seed(1), callback=record)
+    out = clipped.sample(
+        zero_eps, noise, cond={}, generator=torch.Generator().manual_seed(1), callback=record
+    )
     assert all(float(x0.abs().max()) <= 0.5 + 1e-6 for x0 in seen)
     assert float(out.abs().max()) <= 0.6
     free = sampler_class(schedule, num_steps=10, progress=False)
-    assert float(free.sample(zero_eps, noise, cond={}, generator=torch.Generator().manual_seed(1)).abs().max()) > 1.0
+    assert (
+        float(free.sample(zero_eps, noise, cond={}, generator=torch.Generator().manual_seed(1)).abs().max())
+        > 1.0
+    )
     with pytest.raises(ValueError, match="x0_range"):
         sampler_class(schedule, num_steps=10, x0_range=(1.0, -1.0))

@@ -47,7 +47,9 @@ class Sampler(ABC):
                 f"{type(self).__name__}: num_steps must be >= 1, got {num_steps} <sampler.num_steps>"
             )
         if x0_range is not None and (len(x0_range) != 2 or not x0_range[0] < x0_range[1]):
-            raise ValueError(f"x0_range must be [low, high] with low < high, got {x0_range} <sampler.x0_range>")
+            raise ValueError(
+                f"x0_range must be [low, high] with low < high, got {x0_range} <sampler.x0_range>"
+            )
         self.schedule = schedule
         self.num_steps = num_steps
         self.progress = progress
