@@ -20,7 +20,13 @@ from omegaconf import DictConfig
 from datamodules.mp4_encoding import write_video
 from modules.pos.pos_sampling import build_pos_generator
 from modules.runtime.config_checks import check_config
-from modules.runtime.sampling import build_model_for_sampling, read_prompts, seeded_generator, video_filename
+from modules.runtime.sampling import (
+    build_model_for_sampling,
+    load_first_frame,
+    read_prompts,
+    seeded_generator,
+    video_filename,
+)
 
 log = logging.getLogger("sample")
 
@@ -37,6 +43,13 @@ def sample(cfg: DictConfig) -> list[Path]:
     prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    first_frame = None
+    if cfg.get("first_frame"):
+        first_frame = load_first_frame(cfg.first_frame, cfg.resolution.height, cfg.resolution.width).to(
+            device
+        )
+    if cfg.get("multi_prompt") or first_frame is not None:
+        return _sample_frame_by_frame(cfg, model, prompts, first_frame, output_dir, device)
     written: list[Path] = []
     for prompt in prompts:
         for seed in cfg.seeds:
@@ -51,6 +64,41 @@ def sample(cfg: DictConfig) -> list[Path]:
             write_video(path, video[0].cpu(), fps=cfg.fps)
             written.append(path)
             log.info("wrote %s", path)
+    return written
+
+
+def _sample_frame_by_frame(cfg, model, prompts, first_frame, output_dir: Path, device) -> list[Path]:
+    """Text+image-to-video (`first_frame`) and multi-prompt long videos (`multi_prompt`), ART-V's modes."""
+    uses_pos = cfg.sampler.get("init_noise", "gaussian") != "gaussian" or not str(
+        cfg.rewriter.get("_target_", "")
+    ).endswith("NoRewriter")
+    if uses_pos:
+        raise ValueError(
+            "POS (sampler.init_noise, rewriter) works with plain text-to-video only <first_frame>"
+        )
+    written: list[Path] = []
+    for seed in cfg.seeds:
+        generator = seeded_generator(seed, device)
+        size = {"height": cfg.resolution.height, "width": cfg.resolution.width}
+        if cfg.get("multi_prompt"):
+            video = model.generate_multi_prompt(
+                prompts,
+                frames_per_prompt=cfg.frames_per_prompt,
+                generator=generator,
+                first_frame=first_frame,
+                **size,
+            )
+            path = output_dir / video_filename(f"multi {prompts[0]}", seed)
+            written.append(write_video(path, video[0].cpu(), fps=cfg.fps))
+        else:
+            for prompt in prompts:
+                video = model.generate(
+                    [prompt], num_frames=cfg.num_frames, generator=generator, first_frame=first_frame, **size
+                )
+                written.append(
+                    write_video(output_dir / video_filename(prompt, seed), video[0].cpu(), fps=cfg.fps)
+                )
+        log.info("wrote %s", written[-1])
     return written
 
 

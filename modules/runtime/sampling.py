@@ -7,10 +7,13 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
+from datamodules.video_decoding import ResizeGeometry
 from modules.runtime.checkpoint_discovery import newest_complete_checkpoint
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
@@ -129,3 +132,17 @@ def video_filename(prompt: str, seed: int, suffix: str = ".mp4") -> str:
 
 def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def load_first_frame(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image file as the first frame of text+image-to-video: scaled to cover `height x width` and centre-cropped
+    like the training clips, `[1, 3, height, width]` in [-1, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"first-frame image not found: {path} <first_frame>")
+    image = Image.open(path).convert("RGB")
+    geometry = ResizeGeometry.cover(image.height, image.width, height, width)
+    image = image.resize((geometry.scaled_width, geometry.scaled_height), Image.Resampling.BOX)
+    box = (geometry.left, geometry.top, geometry.left + width, geometry.top + height)
+    pixels = torch.from_numpy(np.asarray(image.crop(box), dtype=np.float32).copy())
+    return (pixels / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)

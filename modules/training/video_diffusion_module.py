@@ -284,6 +284,40 @@ class VideoDiffusionModule(L.LightningModule):
         )
         return self.decode_video(latents)
 
+    @torch.no_grad()
+    def generate_multi_prompt(
+        self,
+        prompts: list[str],
+        *,
+        frames_per_prompt: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        first_frame: Tensor | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """One long video `[1, len(prompts) * frames_per_prompt, 3, H, W]` in [-1, 1], the prompts in order, for
+        nets that generate frame by frame (ART-V supplementary section 4: each later prompt is anchored on the last
+        frame of the previous one)."""
+        if not hasattr(self.net, "generate_multi_prompt"):
+            raise ValueError(
+                f"{type(self.net).__name__} cannot generate multi-prompt videos; use model=artv <multi_prompt>"
+            )
+        factor = self.first_stage.downsample_factor
+        first_latent = None if first_frame is None else self.encode_video(first_frame[:, None])[:, :, 0]
+        latents = self.net.generate_multi_prompt(
+            self.sampler,
+            self.guidance,
+            [self.encode_text([prompt]) for prompt in prompts],
+            self.null_text(),
+            frames_per_prompt=frames_per_prompt,
+            latent_size=(height // factor, width // factor),
+            generator=generator,
+            first_frame=first_latent,
+            progress=progress,
+        )
+        return self.decode_video(latents)
+
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint but sharded FSDP
