@@ -56,6 +56,18 @@ def _architecture_config(arch: str | Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+def clip_preprocess_settings(
+    model: torch.nn.Module,
+) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """The image size, mean and std an open_clip model expects (its preprocess config, OpenAI's defaults)."""
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    image_size = preprocess.get("size", model.visual.image_size)
+    image_size = tuple(image_size) if isinstance(image_size, list | tuple) else (image_size, image_size)
+    mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+    return image_size, mean, std
+
+
 def build_open_clip_model(
     arch: str | Mapping[str, Any],
     weights_path: str | Path | None,
@@ -167,10 +179,7 @@ class CLIPSimilarity:
             random_init_ok=random_init_ok,
             device=self.device,
         )
-        preprocess = open_clip.get_model_preprocess_cfg(self.model)
-        self.image_size = tuple(preprocess.get("size", self.model.visual.image_size))
-        self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+        self.image_size, self.mean, self.std = clip_preprocess_settings(self.model)
         self.tokenizer = open_clip.SimpleTokenizer(context_length=self.model.context_length)
         self.similarity_sum = 0.0
         self.count = 0

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from datamodules.frame_selection import FrameSelection
 from datamodules.video_decoding import decode_clip
-from modules.evaluation.clipsim import build_open_clip_model, clip_image_batch
+from modules.evaluation.clipsim import build_open_clip_model, clip_image_batch, clip_preprocess_settings
 from modules.pos.caption_embedding import PROBE_SENTENCES
 
 MIDDLE_FRAME = FrameSelection(num_frames=1, frame_stride=1)
@@ -64,10 +64,7 @@ class FrameEmbedder:
                 random_init_ok=random_init_ok,
                 device=self.device,
             )
-        preprocess = open_clip.get_model_preprocess_cfg(self.model)
-        self.image_size = tuple(preprocess.get("size", self.model.visual.image_size))
-        self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+        self.image_size, self.mean, self.std = clip_preprocess_settings(self.model)
         self.tokenizer = open_clip.SimpleTokenizer(context_length=self.model.context_length)
         self.embed_dim = int(self.model.visual.output_dim)
 
