@@ -48,7 +48,7 @@ def sample(cfg: DictConfig) -> list[Path]:
         first_frame = load_first_frame(cfg.first_frame, cfg.resolution.height, cfg.resolution.width).to(
             device
         )
-    if cfg.get("multi_prompt") or first_frame is not None:
+    if cfg.get("multi_prompt") or first_frame is not None or cfg.get("save_mask"):
         return _sample_frame_by_frame(cfg, model, prompts, first_frame, output_dir, device)
     written: list[Path] = []
     for prompt in prompts:
@@ -68,7 +68,8 @@ def sample(cfg: DictConfig) -> list[Path]:
 
 
 def _sample_frame_by_frame(cfg, model, prompts, first_frame, output_dir: Path, device) -> list[Path]:
-    """Text+image-to-video (`first_frame`) and multi-prompt long videos (`multi_prompt`), ART-V's modes."""
+    """Text+image-to-video (`first_frame`), multi-prompt long videos (`multi_prompt`) and mask videos
+    (`save_mask`): ART-V's modes, generated without POS."""
     uses_pos = cfg.sampler.get("init_noise", "gaussian") != "gaussian" or not str(
         cfg.rewriter.get("_target_", "")
     ).endswith("NoRewriter")
@@ -77,29 +78,36 @@ def _sample_frame_by_frame(cfg, model, prompts, first_frame, output_dir: Path, d
             "POS (sampler.init_noise, rewriter) works with plain text-to-video only <first_frame>"
         )
     written: list[Path] = []
+    save_mask = bool(cfg.get("save_mask"))
+    size = {"height": cfg.resolution.height, "width": cfg.resolution.width}
     for seed in cfg.seeds:
-        generator = seeded_generator(seed, device)
-        size = {"height": cfg.resolution.height, "width": cfg.resolution.width}
+        options = {
+            "generator": seeded_generator(seed, device),
+            "first_frame": first_frame,
+            "return_masks": save_mask,
+        }
         if cfg.get("multi_prompt"):
-            video = model.generate_multi_prompt(
-                prompts,
-                frames_per_prompt=cfg.frames_per_prompt,
-                generator=generator,
-                first_frame=first_frame,
-                **size,
+            result = model.generate_multi_prompt(
+                prompts, frames_per_prompt=cfg.frames_per_prompt, **size, **options
             )
-            path = output_dir / video_filename(f"multi {prompts[0]}", seed)
-            written.append(write_video(path, video[0].cpu(), fps=cfg.fps))
+            written += _write_outputs(result, f"multi {prompts[0]}", seed, output_dir, cfg.fps, save_mask)
         else:
             for prompt in prompts:
-                video = model.generate(
-                    [prompt], num_frames=cfg.num_frames, generator=generator, first_frame=first_frame, **size
-                )
-                written.append(
-                    write_video(output_dir / video_filename(prompt, seed), video[0].cpu(), fps=cfg.fps)
-                )
+                result = model.generate([prompt], num_frames=cfg.num_frames, **size, **options)
+                written += _write_outputs(result, prompt, seed, output_dir, cfg.fps, save_mask)
         log.info("wrote %s", written[-1])
     return written
+
+
+def _write_outputs(result, name: str, seed: int, output_dir: Path, fps: float, with_mask: bool) -> list[Path]:
+    """The video (and its mask video) of one generation as mp4 files."""
+    video, masks = result if with_mask else (result, None)
+    paths = [write_video(output_dir / video_filename(name, seed), video[0].cpu(), fps=fps)]
+    if masks is not None:
+        paths.append(
+            write_video(output_dir / video_filename(name, seed, suffix="_mask.mp4"), masks[0].cpu(), fps=fps)
+        )
+    return paths
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

@@ -79,3 +79,21 @@ def test_pos_options_are_refused_in_frame_by_frame_modes(tmp_path):
     cfg = _tiny_artv_cfg(tmp_path, ["multi_prompt=true", "rewriter=template"])
     with pytest.raises(ValueError, match="POS"):
         sample.sample(cfg)
+
+
+def test_save_mask_writes_a_mask_video_next_to_each_video(tmp_path):
+    cfg = _tiny_artv_cfg(tmp_path, ["save_mask=true", "num_frames=2"])
+    paths = sample.sample(cfg)
+    assert [p.name for p in paths] == [
+        "a-red-circle-moving-left_seed0.mp4",
+        "a-red-circle-moving-left_seed0_mask.mp4",
+    ]
+    assert _frame_count(paths[1]) == 2
+
+
+def test_save_mask_is_refused_for_a_model_without_masks(tmp_path):
+    cfg = compose_config("sample", ["ckpt_path=null", "save_mask=true", "sampler.num_steps=2"], tmp_path)
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "videos")
+    with pytest.raises(ValueError, match="save_mask"):
+        sample.sample(cfg)

@@ -8,6 +8,7 @@ non-finite-loss handling and logging.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -257,10 +258,13 @@ class VideoDiffusionModule(L.LightningModule):
         first_frame: Tensor | None = None,
         progress: bool = True,
         initial_noise: Tensor | None = None,
-    ) -> Tensor:
+        return_masks: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Text (+ optional first frame `[B, 3, H, W]`) to video `[B, T, 3, H, W]` in [-1, 1].
 
         initial_noise: the sampler's starting noise in the net's layout (`VideoDenoiser.generate`), else drawn.
+        return_masks: also return the masked-diffusion masks as a grey video `[B, T, 3, H, W]` in [-1, 1]
+            (white = copied from the reference frame; ART-V only).
         """
         factor = self.first_stage.downsample_factor
         if height % factor or width % factor:
@@ -281,8 +285,26 @@ class VideoDiffusionModule(L.LightningModule):
             first_frame=first_latent,
             progress=progress,
             initial_noise=initial_noise,
+            **self._mask_request(return_masks),
         )
-        return self.decode_video(latents)
+        if not return_masks:
+            return self.decode_video(latents)
+        latents, masks = latents
+        return self.decode_video(latents), self.mask_video(masks)
+
+    def _mask_request(self, return_masks: bool) -> dict[str, bool]:
+        if not return_masks:
+            return {}
+        if "return_masks" not in inspect.signature(self.net.generate).parameters:
+            raise ValueError(f"{type(self.net).__name__} has no masks to save; use model=artv <save_mask>")
+        return {"return_masks": True}
+
+    def mask_video(self, masks: Tensor) -> Tensor:
+        """Masks `[B, 1, T, h, w]` in [0, 1] -> a grey video `[B, T, 3, H, W]` in [-1, 1] at pixel size."""
+        factor = self.first_stage.downsample_factor
+        frames = rearrange(masks.float(), "b one t h w -> (b t) one h w")
+        frames = F.interpolate(frames, scale_factor=factor, mode="nearest")
+        return repeat(frames * 2.0 - 1.0, "(b t) one h w -> b t (three one) h w", b=masks.shape[0], three=3)
 
     @torch.no_grad()
     def generate_multi_prompt(
@@ -295,10 +317,11 @@ class VideoDiffusionModule(L.LightningModule):
         generator: torch.Generator | None = None,
         first_frame: Tensor | None = None,
         progress: bool = True,
-    ) -> Tensor:
+        return_masks: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """One long video `[1, len(prompts) * frames_per_prompt, 3, H, W]` in [-1, 1], the prompts in order, for
         nets that generate frame by frame (ART-V supplementary section 4: each later prompt is anchored on the last
-        frame of the previous one)."""
+        frame of the previous one); with `return_masks`, also the mask video (see `generate`)."""
         if not hasattr(self.net, "generate_multi_prompt"):
             raise ValueError(
                 f"{type(self.net).__name__} cannot generate multi-prompt videos; use model=artv <multi_prompt>"
@@ -315,8 +338,12 @@ class VideoDiffusionModule(L.LightningModule):
             generator=generator,
             first_frame=first_latent,
             progress=progress,
+            **self._mask_request(return_masks),
         )
-        return self.decode_video(latents)
+        if not return_masks:
+            return self.decode_video(latents)
+        latents, masks = latents
+        return self.decode_video(latents), self.mask_video(masks)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
