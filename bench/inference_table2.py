@@ -40,7 +40,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,7 +49,7 @@ from torch import Tensor, nn
 
 from bench import flops
 from bench.report import (
-    CASE_FLAG,
+    add_case_runner_arguments,
     default_doc_path,
     machine_description,
     markdown_table,
@@ -561,14 +560,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--warmup", type=int, default=None, help="untimed steps (default 1; 2 when compiling)"
     )
     parser.add_argument("--runs", type=int, default=10 if gpu else 2, help="timed steps per case")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 px, 4 frames, 1 step per case")
-    parser.add_argument("--in-process", action="store_true", help="run the cases in this process (tests)")
-    parser.add_argument(
-        "--doc", type=Path, default=None, help="document to update (default: docs/BENCHMARKS.md)"
-    )
-    parser.add_argument("--no-write", action="store_true", help="only log the results")
-    parser.add_argument(CASE_FLAG, dest="case_json", help="internal: run one case given as JSON, print JSON")
+    add_case_runner_arguments(parser)
     return parser.parse_args(argv)
 
 

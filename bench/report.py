@@ -12,6 +12,7 @@ excluded).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -149,3 +150,15 @@ def default_doc_path(quick: bool) -> Path:
     if quick:
         return Path(tempfile.gettempdir()) / "BENCHMARKS.quick.md"
     return BENCHMARKS_MD
+
+
+def add_case_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every case-running benchmark shares: threads, in-process cases (tests), the document to update,
+    log-only mode, and the internal one-case flag used by `run_case_in_subprocess`."""
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--in-process", action="store_true", help="run the cases in this process (tests)")
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="document to update (default: docs/BENCHMARKS.md)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="only log the results")
+    parser.add_argument(CASE_FLAG, dest="case_json", help="internal: run one case given as JSON, print JSON")

@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,8 +38,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from bench.report import (
-    CASE_FLAG,
     REPO_ROOT,
+    add_case_runner_arguments,
     default_doc_path,
     machine_description,
     markdown_table,
@@ -320,14 +319,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed" if gpu else "fp32")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 step per case")
-    parser.add_argument("--in-process", action="store_true", help="run the cases in this process (tests)")
-    parser.add_argument(
-        "--doc", type=Path, default=None, help="document to update (default: docs/BENCHMARKS.md)"
-    )
-    parser.add_argument("--no-write", action="store_true", help="only log the results")
-    parser.add_argument(CASE_FLAG, dest="case_json", help="internal: run one case given as JSON, print JSON")
+    add_case_runner_arguments(parser)
     return parser.parse_args(argv)
 
 
