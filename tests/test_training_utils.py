@@ -120,3 +120,32 @@ def test_condition_dropout_is_independent_per_key_and_sample():
 def test_condition_dropout_rejects_unknown_key():
     with pytest.raises(KeyError, match="condition_dropout"):
         drop_conditions({"text": torch.ones(1, 1)}, {"text": torch.zeros(1, 1)}, {"anchor": 0.5})
+
+
+def test_condition_dropout_group_drops_its_members_together():
+    batch = 4000
+    cond = {"text": torch.ones(batch, 2), "reference": torch.ones(batch, 3), "anchor": torch.ones(batch, 4)}
+    null = {"text": torch.zeros(1, 2), "reference": torch.zeros(1, 3), "anchor": torch.zeros(1, 4)}
+    generator = torch.Generator().manual_seed(0)
+    out = drop_conditions(cond, null, {"reference": 0.1, "anchor": 0.1, "reference+anchor": 0.3}, generator)
+    ref_dropped = out["reference"][:, 0] == 0
+    anchor_dropped = out["anchor"][:, 0] == 0
+    # both null: the group's 0.3 plus the independent 0.1 x 0.1 of the remaining 0.7
+    assert (ref_dropped & anchor_dropped).float().mean().item() == pytest.approx(0.307, abs=0.025)
+    # each alone: 1 - 0.9 x 0.7 = 0.37
+    assert ref_dropped.float().mean().item() == pytest.approx(0.37, abs=0.025)
+    assert anchor_dropped.float().mean().item() == pytest.approx(0.37, abs=0.025)
+    assert torch.equal(out["text"], cond["text"])
+
+
+@pytest.mark.parametrize("entry", ["reference+", "text+text", "+anchor"])
+def test_condition_dropout_rejects_malformed_group(entry):
+    cond = {"text": torch.ones(1, 1), "reference": torch.ones(1, 1), "anchor": torch.ones(1, 1)}
+    with pytest.raises(ValueError, match="condition_dropout"):
+        drop_conditions(cond, cond, {entry: 0.5})
+
+
+def test_condition_dropout_rejects_unknown_group_member():
+    cond = {"text": torch.ones(1, 1), "reference": torch.ones(1, 1)}
+    with pytest.raises(KeyError, match=r"\['anchor'\]"):
+        drop_conditions(cond, cond, {"reference+anchor": 0.5})
