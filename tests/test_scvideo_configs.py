@@ -3,7 +3,9 @@ numbers, and build working models (the paper-size one on the meta device)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from modules.scvideo import SCVideoDenoiser, is_new_parameter
@@ -57,3 +59,46 @@ def test_toy_experiment_trains_everything_and_the_loss_runs(tmp_path):
     assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for _, p in module.net.trainable_named_parameters())
+
+
+def test_min_snr_weighting_matches_per_sample_formula(tmp_path):
+    cfg = compose_config("train", ["experiment=toy_scvideo", "model.min_snr_gamma=1.0"], tmp_path)
+    module = instantiate(cfg.model)
+    alphas_cumprod = module.schedule.alphas_cumprod
+    t = torch.tensor([0, 200, 400, 999])
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    weights = module.loss_weights(t)
+    assert torch.allclose(weights, torch.minimum(snr, torch.ones(4)) / snr)
+    assert weights[-1] == 1.0 and weights[0] < 0.01  # high noise keeps weight 1, the cleanest step almost none
+
+    batch = {
+        "video": torch.rand(3, 2, 3, cfg.resolution.height, cfg.resolution.width) * 2 - 1,
+        "caption": ["a red circle moving left"] * 3,
+    }
+    # the weighted loss equals the hand-made weighted mean of the per-sample MSEs under the same draws
+    weighted = module.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    forward = module.net.forward
+
+    def recording_forward(x_t, t, cond):
+        seen["t"] = t
+        eps = forward(x_t, t, cond)
+        seen["eps"] = eps
+        return eps
+
+    module.net.forward = recording_forward
+    module.min_snr_gamma = None
+    plain = module.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    torch.randint(0, 1000, (3,), generator=generator)
+    noise = torch.randn(seen["eps"].shape, generator=generator)
+    per_sample = (seen["eps"] - noise).pow(2).flatten(1).mean(1)
+    assert torch.allclose(plain, per_sample.mean(), rtol=1e-5)
+    module.min_snr_gamma = 1.0
+    assert torch.allclose(weighted, (module.loss_weights(seen["t"]) * per_sample).mean(), rtol=1e-5)
+
+
+def test_min_snr_gamma_must_be_positive(tmp_path):
+    cfg = compose_config("train", ["experiment=toy_scvideo", "model.min_snr_gamma=0"], tmp_path)
+    with pytest.raises(InstantiationException, match=r"min_snr_gamma must be > 0 .*<model\.min_snr_gamma>"):
+        instantiate(cfg.model)

@@ -56,6 +56,9 @@ class VideoDiffusionModule(L.LightningModule):
         ema_use_num_updates: ldm-style EMA warm-up (see `ExponentialMovingAverage`).
         vae_chunk_frames: frames per first-stage call, so memory does not grow with clip length.
         max_consecutive_nonfinite: stop with an error after this many non-finite losses in a row.
+        min_snr_gamma: None for the papers' plain eps-MSE (SD, ART-V Table 4); a number gamma weights each sample's
+            eps-MSE by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma, Hang et al. 2023), which caps the weight of the
+            low-noise steps that dominate eps-MSE gradients; used by the from-scratch toy runs.
         pretrained: a full SD checkpoint; its first stage (and its text encoder, unless the text encoder was
             given its own `weights_path`) are loaded with strict key matching. The net loads its UNet part itself.
     """
@@ -76,8 +79,11 @@ class VideoDiffusionModule(L.LightningModule):
         vae_chunk_frames: int = 8,
         max_consecutive_nonfinite: int = 10,
         pretrained: str | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0 or null, got {min_snr_gamma} <model.min_snr_gamma>")
         if pretrained is not None:
             own_text_weights = getattr(text_encoder, "weights_path", None) is not None
             load_sd_checkpoint(
@@ -94,6 +100,7 @@ class VideoDiffusionModule(L.LightningModule):
         self.condition_dropout = dict(condition_dropout)
         self.vae_chunk_frames = vae_chunk_frames
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.min_snr_gamma = min_snr_gamma
         self.net.configure_trainable()
         self.ema = (
             ExponentialMovingAverage(self.net.trainable_named_parameters(), ema_decay, ema_use_num_updates)
@@ -141,7 +148,8 @@ class VideoDiffusionModule(L.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
-        """eps-prediction MSE (ART-V supplementary Table 4; SCVideo follows SD)."""
+        """eps-prediction MSE (ART-V supplementary Table 4; SCVideo follows SD), Min-SNR-weighted per sample when
+        `min_snr_gamma` is set."""
         latents = self.encode_video(batch["video"])
         example = self.net.training_example(latents)
         cond = {"text": self.encode_text(batch["caption"]), **example.cond}
@@ -159,7 +167,16 @@ class VideoDiffusionModule(L.LightningModule):
         t = t.to(self.device)
         x_t = self.schedule.q_sample(x0, t, noise)
         eps = self.net(x_t, t, cond)
-        return F.mse_loss(eps.float(), noise.float())
+        if self.min_snr_gamma is None:
+            return F.mse_loss(eps.float(), noise.float())
+        per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+        return (self.loss_weights(t) * per_sample).mean()
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Min-SNR-gamma weights of eps-MSE, min(SNR(t), gamma) / SNR(t) for DDPM steps `t` `[B]` -> `[B]`."""
+        alphas_cumprod = self.schedule.alphas_cumprod[t].float()
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        return snr.clamp(max=self.min_snr_gamma) / snr
 
     @contextmanager
     def training_randomness(self) -> Iterator[None]:
