@@ -18,6 +18,7 @@ import lightning as L
 import pytest
 from fsspec.implementations.local import LocalFileOpener
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from modules.runtime.checkpoint_discovery import is_complete_checkpoint
 from modules.runtime.instantiation import instantiate_callbacks
@@ -39,7 +40,7 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, tmp_path_fact
     L.seed_everything(cfg.seed)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    callbacks = [cb for cb in instantiate_callbacks(cfg.callbacks) if type(cb).__name__ == "ModelCheckpoint"]
+    callbacks = [cb for cb in instantiate_callbacks(cfg.callbacks) if isinstance(cb, ModelCheckpoint)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
 
     writes: list[tuple[str, bool, str]] = []
@@ -101,3 +102,16 @@ def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path, tmp_path_fact
     starts = [r for r in read_records(records) if r["event"] == "start"]
     assert [r["step"] for r in starts] == [0, 2]
     assert load_checkpoint(directory / "step00000003.ckpt")["global_step"] == 3
+
+
+def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path, tmp_path_factory):
+    """A run that stops between periodic saves (max_time, or max_steps off the saving grid) keeps its last steps:
+    Lightning's own ModelCheckpoint would leave last.ckpt at step 2 here."""
+    from train import train
+
+    overrides = ["callbacks.model_checkpoint.every_n_train_steps=2", "trainer.limit_val_batches=0"]
+    train(compose_tiny(tmp_path, toy_data_dir(tmp_path_factory), [*overrides, "trainer.max_steps=3"]))
+    directory = tmp_path / "output" / "checkpoints"
+    assert load_checkpoint(directory / "step00000002.ckpt")["global_step"] == 2
+    assert load_checkpoint(directory / "last.ckpt")["global_step"] == 3
+    assert not (directory / "step00000003.ckpt").exists()  # the periodic files keep their grid
