@@ -1,7 +1,8 @@
 """POS on the toy "shapes" task: toy-scorer colour / direction accuracy of N videos with POS off and on (same seeds).
 
     python -m bench.pos_toy --ckpt logs/train/runs/demo/checkpoints/last.ckpt --make-pool data/shapes_pool \
-        --num-videos 84 --override sampler.num_steps=25 --override guidance.scale=5.0
+        --experiment toy_scvideo --num-videos 84
+    python -m bench.pos_toy --ckpt ... --pool pool/index.safetensors --experiment toy_artv --model artv
     python -m bench.pos_toy --ckpt ... --pool pool/index.safetensors --rewriter template --lam 0.3 --no-write
 
 Video i has the toy caption of combination i (colour i % 7, shape (i // 7) % 3, direction (i // 21) % 4, as the toy
@@ -9,14 +10,14 @@ data set orders them; 84 videos cover every combination once) and seed `--seed +
 "POS off" is the model's plain sampling; "POS on" is `sampler.init_noise=retrieval` with `--rewriter` (none by
 default, so the numbers isolate the optimal-noise approximator; template adds the rewriter and hybrid semantics).
 Each video is scored by `datamodules.toy_scorer.score_batch`. The settings are those of `python sample.py`: the same
-Hydra config (conf/sample.yaml), so `--override key=value` takes any of its keys (the toy experiment's
-`sampler.num_steps=25 guidance.scale=5.0` are not applied by themselves).
+Hydra config (conf/sample.yaml) with `--experiment` (the toy experiment the checkpoint was trained with, so its
+sampler and guidance settings apply), and `--override key=value` takes any of its keys.
 
 The pool must hold toy videos the model was not trained on. `--make-pool DIR` writes them (toy generator seed
 `--pool-seed`, default 4321, which is not the training data's 1234; same size, length and frame rate as the
 training videos) and indexes them with the model's own text encoder into DIR/index.safetensors.
 
-Writes the `bench_pos` section of docs/BENCHMARKS.md (other sections are kept) unless `--no-write`.
+Writes the `bench_pos_<model>` section of docs/BENCHMARKS.md (other sections are kept) unless `--no-write`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from modules.runtime.sampling import build_model_for_sampling, seeded_generator
 
 LOGGER = logging.getLogger("bench.pos_toy")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-SECTION = "bench_pos"
+SECTION = "bench_pos_{model}"
 METRICS = ("color_accuracy", "direction_accuracy", "joint_accuracy")
 
 
@@ -64,6 +65,7 @@ def sampling_config(args: argparse.Namespace, output_dir: Path) -> DictConfig:
     """conf/sample.yaml with this run's choices, composed as sample.py composes it."""
     overrides = [
         f"model={args.model}",
+        *([f"experiment={args.experiment}"] if args.experiment else []),
         f"ckpt_path={'null' if args.ckpt == 'none' else args.ckpt}",
         "sampler.init_noise=retrieval",
         f"rewriter={args.rewriter}",
@@ -129,7 +131,7 @@ def markdown_section(args: argparse.Namespace, cfg: DictConfig, plain: dict, pos
     ]
     return "\n".join(
         [
-            "## POS on the toy shapes task (bench/pos_toy.py)",
+            f"## POS on the toy shapes task, {args.model} (bench/pos_toy.py)",
             "",
             f"- Date: {utc_now()}",
             f"- Machine: {machine_description()}",
@@ -171,6 +173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of video 0 (video i uses seed + i)")
     parser.add_argument("--model", default="scvideo", help="model config group entry (scvideo, artv)")
     parser.add_argument(
+        "--experiment",
+        default=None,
+        help="experiment the checkpoint was trained with (toy_scvideo, toy_artv)",
+    )
+    parser.add_argument(
         "--lam", type=float, default=0.5, help="POS fresh-noise weight (pos.approximator.lam)"
     )
     parser.add_argument(
@@ -208,8 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(summary_line(args, plain, pos))
     if not args.no_write:
         command = " ".join(["python -m bench.pos_toy", *(argv if argv is not None else sys.argv[1:])])
-        write_section(args.benchmarks_md, SECTION, markdown_section(args, cfg, plain, pos, command))
-        LOGGER.info("wrote the %s section of %s", SECTION, args.benchmarks_md)
+        section = SECTION.format(model=args.model)
+        write_section(args.benchmarks_md, section, markdown_section(args, cfg, plain, pos, command))
+        LOGGER.info("wrote the %s section of %s", section, args.benchmarks_md)
     return {"pos_off": plain, "pos_on": pos}
 
 

@@ -204,6 +204,7 @@ def test_bench_pos_toy_runs_on_a_tiny_random_model_with_two_videos(pool_index, t
     fast = ["sampler.num_steps=2", "resolution.height=16", "resolution.width=16", "num_frames=4"]
     result = pos_toy.main(
         ["--ckpt", "none", "--pool", str(pool_index), "--num-videos", "2", "--benchmarks-md", str(benchmarks)]
+        + ["--experiment", "toy_scvideo"]
         + [argument for override in fast for argument in ("--override", override)]
     )
     assert set(result) == {"pos_off", "pos_on"}
@@ -212,6 +213,6 @@ def test_bench_pos_toy_runs_on_a_tiny_random_model_with_two_videos(pool_index, t
     assert summary.startswith("bench_pos: 2 toy videos, scvideo: POS off color")
     text = benchmarks.read_text()
     assert "<!-- other:start -->\nkept" in text
-    assert "<!-- bench_pos:start -->" in text and "<!-- bench_pos:end -->" in text
+    assert "<!-- bench_pos_scvideo:start -->" in text and "<!-- bench_pos_scvideo:end -->" in text
     assert "| colour | " in text
     assert pos_toy.toy_prompts(2) == ["a red circle moving left", "a green circle moving left"]
