@@ -25,8 +25,8 @@ DEMO_RUN := logs/train/runs/demo
 demo: $(STAMP)
 	$(PY) train.py experiment=toy_scvideo trainer.max_steps=300 trainer.max_time=null validate=false \
 		callbacks.video_samples.every_n_steps=0 hydra.run.dir=$(DEMO_RUN)
-	$(PY) sample.py ckpt_path=$(DEMO_RUN)/checkpoints/last.ckpt prompt="a red circle moving left" seeds=[0] \
-		output_dir=outputs/demo hydra.run.dir=outputs/demo/hydra
+	$(PY) sample.py experiment=toy_scvideo ckpt_path=$(DEMO_RUN)/checkpoints/last.ckpt prompt="a red circle moving left" \
+		seeds=[0] output_dir=outputs/demo hydra.run.dir=outputs/demo/hydra
 	$(PY) -m datamodules.toy_scorer outputs/demo/a-red-circle-moving-left_seed0.mp4
 
 lint: $(STAMP)

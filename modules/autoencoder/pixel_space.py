@@ -26,7 +26,8 @@ class PixelUnshuffleAutoencoder(nn.Module):
     Args:
         factor: spatial downsampling factor f (2 for the tiny backbone: 16x16 latents with 12 channels from
             32x32 RGB frames).
-        scale_factor: multiplies the shifted latents (1 / the data's pixel standard deviation).
+        scale_factor: multiplies the shifted latents; 1 / pixel std standardises them as SD's 0.18215 does, a
+            smaller value adds noise to the whole schedule (the toy backbone uses 1, see conf/backbone/tiny.yaml).
         in_channels: image channels (3 for RGB).
         shift_factor: subtracted before scaling (the data's mean pixel value in [-1, 1]).
     """
