@@ -69,7 +69,9 @@ def test_min_snr_weighting_matches_per_sample_formula(tmp_path):
     snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
     weights = module.loss_weights(t)
     assert torch.allclose(weights, torch.minimum(snr, torch.ones(4)) / snr)
-    assert weights[-1] == 1.0 and weights[0] < 0.01  # high noise keeps weight 1, the cleanest step almost none
+    assert (
+        weights[-1] == 1.0 and weights[0] < 0.01
+    )  # high noise keeps weight 1, the cleanest step almost none
 
     batch = {
         "video": torch.rand(3, 2, 3, cfg.resolution.height, cfg.resolution.width) * 2 - 1,
