@@ -16,6 +16,7 @@ from modules.artv.adapter import T2IAdapter
 from modules.artv.anchor_attention import AnchorSpatialTransformer, anchor_tokens, is_anchor_parameter
 from modules.artv.artv_denoiser import ARTVDenoiser
 from modules.artv.masked_diffusion import masked_x0
+from modules.artv.reference_frames import has_reference
 from modules.blocks.attention import SpatialTransformer
 from modules.checkpoints import StateDictMismatchError
 from modules.diffusion.noise_schedule import NoiseSchedule
@@ -155,20 +156,25 @@ def test_fresh_anchor_block_is_the_identity_and_trained_one_reads_the_anchor() -
 # ---------------------------------------------------------------- masked composition
 
 
-@pytest.mark.parametrize("reference_dropped", [False, True], ids=["reference", "reference dropped"])
-def test_masked_composition_is_x0_blend_of_reference_and_dynamic_prediction(reference_dropped: bool) -> None:
-    net = tiny_artv().eval()
+def dynamic_eps(net: ARTVDenoiser, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+    """Φdynamic's own eps, computed outside the denoiser's forward."""
+    features = net.dynamic_adapter(cond["reference"][:, : 2 * LATENT_CHANNELS])
+    return net.dynamic_unet(
+        x_t, t, cond["text"], adapter_features=features, anchor_context=anchor_tokens(cond["anchor"], 4)
+    )
+
+
+@pytest.mark.parametrize("mask_requires_reference", [True, False])
+def test_masked_composition_is_x0_blend_of_reference_and_dynamic_prediction(
+    mask_requires_reference: bool,
+) -> None:
+    net = tiny_artv(mask_requires_reference=mask_requires_reference).eval()
     cond = random_conditions()
-    if reference_dropped:
-        cond["reference"] = torch.zeros_like(cond["reference"])
     x_t = torch.randn(2, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
     t = torch.tensor([20, 700])
     with torch.no_grad():
         eps, mask = net(x_t, t, cond, return_mask=True)
-        features = net.dynamic_adapter(cond["reference"][:, : 2 * LATENT_CHANNELS])
-        eps_dynamic = net.dynamic_unet(
-            x_t, t, cond["text"], adapter_features=features, anchor_context=anchor_tokens(cond["anchor"], 4)
-        )
+        eps_dynamic = dynamic_eps(net, x_t, t, cond)
     assert mask.shape == (2, 1, LATENT_SIZE, LATENT_SIZE)
     assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
     assert float(mask.std()) > 0.01  # a real per-pixel mask, not a constant
@@ -180,8 +186,34 @@ def test_masked_composition_is_x0_blend_of_reference_and_dynamic_prediction(refe
     expected_x0 = mask * reference_frame + (1 - mask) * x0_dynamic
     torch.testing.assert_close(schedule.predict_x0_from_eps(x_t, t, eps), expected_x0, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(masked_x0(schedule, x_t, t, eps_dynamic, mask, reference_frame), expected_x0)
-    if reference_dropped:  # z_ref = 0: the composition only scales Φdynamic's x0 by (1 - M)
-        torch.testing.assert_close(expected_x0, (1 - mask) * x0_dynamic)
+
+
+@pytest.mark.parametrize("mask_requires_reference", [True, False])
+def test_dropped_reference_leaves_phi_dynamic_alone_per_sample(mask_requires_reference: bool) -> None:
+    net = tiny_artv(mask_requires_reference=mask_requires_reference).eval()
+    cond = random_conditions()
+    cond["reference"][1] = 0.0  # sample 1: the reference's null value; sample 0 keeps its reference
+    x_t = torch.randn(2, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+    t = torch.tensor([300, 900])
+    with torch.no_grad():
+        eps, mask = net(x_t, t, cond, return_mask=True)
+        eps_dynamic = dynamic_eps(net, x_t, t, cond)
+    assert float(mask[0].std()) > 0.01  # the sample with a reference keeps its per-pixel mask
+    if mask_requires_reference:  # nothing to copy: M = 0 and eps is Φdynamic's
+        assert torch.equal(mask[1], torch.zeros_like(mask[1]))
+        torch.testing.assert_close(eps[1], eps_dynamic[1])
+    else:  # z_ref = 0 is copied like a frame: the composition scales Φdynamic's x0 by (1 - M)
+        assert float(mask[1].min()) > 0.0
+        x0_dynamic = net.schedule.predict_x0_from_eps(x_t, t, eps_dynamic)
+        x0 = net.schedule.predict_x0_from_eps(x_t, t, eps)
+        torch.testing.assert_close(x0[1], (1 - mask[1]) * x0_dynamic[1], atol=1e-4, rtol=1e-4)
+
+
+def test_has_reference_tells_the_null_reference_apart() -> None:
+    reference = torch.randn(3, 3 * LATENT_CHANNELS, 4, 4)
+    reference[1] = 0.0
+    reference[2, :, 0, 0] = 0.0  # a few zero values do not make a null reference
+    assert has_reference(reference).tolist() == [True, False, True]
 
 
 def test_mask_of_one_predicts_the_reference_frame_as_x0() -> None:

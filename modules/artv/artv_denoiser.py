@@ -42,6 +42,7 @@ from modules.artv.masked_diffusion import masked_eps
 from modules.artv.reference_frames import (
     NUM_REFERENCE_FRAMES,
     build_reference,
+    has_reference,
     select_training_frames,
     unpack_reference,
 )
@@ -90,6 +91,13 @@ class ARTVDenoiser(VideoDenoiser):
         mask_init_logit: initial bias of Φmask's output conv (its weight starts at zero, as every ldm UNet's
             output conv): M starts at sigmoid(mask_init_logit) everywhere. -4 (M = 0.018) starts the composition
             as Φdynamic alone, so the pretrained model is not disturbed by a half-copied reference at first.
+        mask_requires_reference: M = 0 for samples whose reference condition is null (all zeros: dropped in
+            training, the eq. (1) null terms, text-to-video's first frame): with no reference there is nothing to
+            copy, and x0_hat = x0_dyn. Ours. Without it the null reference is a zero "frame" that Φmask learns to
+            copy where the noise hides the content (at high t, x0 = 0 is nearly the best guess), which scales
+            Φdynamic's output and gradient by 1 - M ~ 0.03 exactly where the caption decides the frame: measured on
+            the toy ART-V, M was 0.95-0.98 on the shape at t >= 800 with the reference dropped, and its text-to-video
+            first frame ignored the caption (docs/BENCHMARKS.md, toy_quality).
     """
 
     condition_keys = ("text", "reference", "anchor")
@@ -108,6 +116,7 @@ class ARTVDenoiser(VideoDenoiser):
         reference_noise_level_train: float = 0.1,
         reference_noise_level_inference: float = 0.02,
         mask_init_logit: float = -4.0,
+        mask_requires_reference: bool = True,
     ) -> None:
         super().__init__()
         if reference_noise_level_train < 0 or reference_noise_level_inference < 0:
@@ -122,6 +131,7 @@ class ARTVDenoiser(VideoDenoiser):
         self.anchor_context_dim = latent_channels * anchor_patch_size**2
         self.reference_noise_level_train = reference_noise_level_train
         self.reference_noise_level_inference = reference_noise_level_inference
+        self.mask_requires_reference = mask_requires_reference
         factory = AnchorBlockFactory(self.anchor_context_dim) if anchor_attention else None
         self.dynamic_unet = dynamic_unet(block_factory=factory)
         self.mask_unet = mask_unet(block_factory=factory)
@@ -202,8 +212,8 @@ class ARTVDenoiser(VideoDenoiser):
             return_mask: also return M.
 
         Returns:
-            eps `[B, C, h, w]`, and M `[B, 1, h, w]` in [0, 1] when `return_mask`. M is also kept (detached) in
-            `self.last_mask` for logging.
+            eps `[B, C, h, w]`, and M `[B, 1, h, w]` in [0, 1] when `return_mask` (0 where the reference is null
+            and `mask_requires_reference`). M is also kept (detached) in `self.last_mask` for logging.
         """
         self._check_conditions(x_t, cond)
         adapter_input, reference_frame = unpack_reference(cond["reference"], self.latent_channels)
@@ -220,6 +230,8 @@ class ARTVDenoiser(VideoDenoiser):
             x_t, t, text, adapter_features=self.mask_adapter(adapter_input), **block_kwargs
         )
         mask = torch.sigmoid(mask_logits.float())
+        if self.mask_requires_reference:
+            mask = mask * has_reference(cond["reference"]).to(mask.dtype).view(-1, 1, 1, 1)
         eps = masked_eps(self.schedule, x_t, t, eps_dynamic.float(), mask, reference_frame.float())
         self.last_mask = mask.detach()
         return (eps, mask) if return_mask else eps
@@ -309,11 +321,13 @@ class ARTVDenoiser(VideoDenoiser):
         first_frame: Tensor | None = None,
         progress: bool = True,
         return_masks: bool = False,
+        initial_noise: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Multi-prompt long video (ART-V supplementary section 4): `frames_per_prompt` frames per prompt.
 
         The anchor of the first prompt is its first frame (generated, or `first_frame`); the anchor of every later
-        prompt is the last frame of the previous prompt. texts: one `[B, L, D]` per prompt. Returns latents
+        prompt is the last frame of the previous prompt. texts: one `[B, L, D]` per prompt; initial_noise: optional
+        starting noise `[B, C, T0, h, w]` of frames 0..T0-1 of the whole video. Returns latents
         `[B, C, len(texts) * frames_per_prompt, h, w]` (and masks `[B, 1, T, h, w]` when `return_masks`).
         """
         video = generate_multi_prompt_video(
@@ -327,5 +341,6 @@ class ARTVDenoiser(VideoDenoiser):
             generator=generator,
             first_frame=first_frame,
             progress=progress,
+            initial_noise=initial_noise,
         )
         return (video.latents, video.masks) if return_masks else video.latents

@@ -16,10 +16,9 @@ Our interpretation (not stated by the paper; docs "ART-V, Not stated"):
   dropping the reference (training dropout, the eq. (1) null term, the first frame of text-to-video) removes both
   together: `[B, 3C, h, w]` = [augmented frame k-2, augmented frame k-1, clean frame k-1] (C latent channels;
   the first 2C = 8 channels are the adapter input, Table 1 cin 8). Its null value is zeros, so with the reference
-  dropped both adapters see zeros and z_ref = 0: the composition becomes x0_hat = (1 - M) * x0_dyn, Φdynamic's
-  estimate scaled by (1 - M), with nothing copied. Both networks see the same null adapter input, so training
-  (condition dropout) learns the right x0 through that product; M -> 0 is its simplest solution, though the loss
-  does not force it. The null terms of eq. (1) and the first frame of text-to-video are such predictions.
+  dropped both adapters see zeros and there is no frame to copy: `ARTVDenoiser` (`mask_requires_reference`) then
+  sets M = 0 and x0_hat = x0_dyn. The null terms of eq. (1) and the first frame of text-to-video are such
+  predictions; `has_reference` tells them apart.
 """
 
 from __future__ import annotations
@@ -97,6 +96,12 @@ def build_reference(
         )
     pair = torch.cat([earlier_reference, previous_frame], dim=1)
     return torch.cat([augment_with_noise(pair, levels, generator), previous_frame], dim=1)
+
+
+def has_reference(reference: Tensor) -> Tensor:
+    """Which samples carry a reference: bool `[B]`, False where the "reference" condition `[B, 3C, h, w]` is its
+    null value (all zeros). A real reference is never exactly zero: its clean frame is a latent of an image."""
+    return reference.flatten(1).ne(0).any(dim=1)
 
 
 def unpack_reference(reference: Tensor, latent_channels: int) -> tuple[Tensor, Tensor]:
