@@ -216,3 +216,114 @@ def test_bench_pos_toy_runs_on_a_tiny_random_model_with_two_videos(pool_index, t
     assert "<!-- bench_pos_scvideo:start -->" in text and "<!-- bench_pos_scvideo:end -->" in text
     assert "| colour | " in text
     assert pos_toy.toy_prompts(2) == ["a red circle moving left", "a green circle moving left"]
+
+
+# ---------------------------------------------------------------- multi-prompt ART-V
+
+SECOND_PROMPT = "a red square moving left"  # also in the toy pool (its sample 7)
+
+
+def generate_multi(generator, seed: int, **options):
+    return generator.generate_multi_prompt(
+        [PROMPT, SECOND_PROMPT],
+        frames_per_prompt=2,
+        height=16,
+        width=16,
+        generator=seeded_generator(seed, "cpu"),
+        progress=False,
+        **options,
+    )
+
+
+def test_multi_prompt_without_pos_and_with_lam_one_is_plain_multi_prompt_bit_for_bit(pool_index, tmp_path):
+    model = tiny_model(sampling_config("artv", tmp_path))
+    plain_video, plain_masks = model.generate_multi_prompt(
+        [PROMPT, SECOND_PROMPT],
+        frames_per_prompt=2,
+        height=16,
+        width=16,
+        generator=seeded_generator(0, "cpu"),
+        progress=False,
+        return_masks=True,
+    )
+    assert plain_video.shape == (1, 4, 3, 16, 16)
+    video, masks = generate_multi(PosGenerator(model), 0, return_masks=True)
+    assert torch.equal(video, plain_video) and torch.equal(masks, plain_masks)
+    approximator = OptimalNoiseApproximator(pool_index, lam=1.0, frame_stride=1)
+    assert torch.equal(generate_multi(PosGenerator(model, approximator=approximator), 0), plain_video)
+
+
+def test_multi_prompt_pos_inverts_each_prompts_clip_under_the_multi_prompt_conditions(pool_index, tmp_path):
+    model = tiny_model(sampling_config("artv", tmp_path))
+    seen: list[dict[str, torch.Tensor]] = []
+    model.net.register_forward_pre_hook(lambda module, args: seen.append(args[2]))
+    approximator = OptimalNoiseApproximator(pool_index, lam=0.0, frame_stride=1, all_frames=True)
+    retrieved = approximator.retrieve(
+        [PROMPT, SECOND_PROMPT],
+        PosGenerator(model).texts.encode([PROMPT, SECOND_PROMPT]).pooled,
+        num_frames=2,
+        height=16,
+        width=16,
+    )
+    assert [item.match.entry.caption for item in retrieved] == [
+        PROMPT,
+        SECOND_PROMPT,
+    ]  # exact matches in the pool
+    texts = [model.encode_text([PROMPT]), model.encode_text([SECOND_PROMPT])]
+    noise = approximator.initial_noise_multi_prompt(
+        model, retrieved, texts, model.null_text(), sampler=model.sampler, guidance=model.guidance
+    )
+    assert noise.shape == (1, model.net.latent_channels, 4, 8, 8)
+    clips = torch.cat([item.clip for item in retrieved])[None]
+    latents = approximator._encode(model, clips)[0].unbind(dim=1)  # 4 frames [C, h, w]
+    # one network evaluation sequence per inverted frame; group the calls by their reference tensor
+    frames: dict[int, dict[str, torch.Tensor]] = {}
+    for cond in seen:
+        frames.setdefault(id(cond["reference"]), cond)
+    conditions = list(frames.values())
+    assert len(conditions) == 4
+    assert not conditions[0]["reference"].any() and not conditions[0]["anchor"].any()  # frame 0: text only
+    for index, cond in enumerate(conditions):
+        text = texts[index // 2]
+        assert torch.equal(cond["text"][-1], text[0])  # the conditional row reads its prompt's text
+        if index:
+            anchor = latents[0] if index < 2 else latents[1]  # prompt 1 is anchored on prompt 0's last frame
+            torch.testing.assert_close(cond["anchor"][-1], anchor)
+            torch.testing.assert_close(cond["reference"][-1, 2 * anchor.shape[0] :], latents[index - 1])
+    # and generation starts each frame from that noise: the first network input of each frame's sampler run
+    starts: list[torch.Tensor] = []
+    model.net.register_forward_pre_hook(lambda module, args: starts.append(args[0][-1].clone()))
+    generate_multi(PosGenerator(model, approximator=approximator), seed=0)
+    evaluations_per_frame = 3  # DPM++ 2S with 2 steps: 2 + 1 evaluations
+    first_inputs = starts[-4 * evaluations_per_frame :: evaluations_per_frame]
+    for frame, start in enumerate(first_inputs):
+        torch.testing.assert_close(start, noise[0, :, frame], atol=1e-5, rtol=1e-5)
+
+
+def test_sample_command_line_multi_prompt_with_pos_and_masks(pool_index, tmp_path):
+    import sample as sample_entry_point
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\n{SECOND_PROMPT}\n")
+    overrides = [
+        f"prompts_file={prompts}",
+        "multi_prompt=true",
+        "frames_per_prompt=2",
+        "save_mask=true",
+        "sampler.init_noise=retrieval",
+        f"pool={pool_index}",
+        "rewriter=template",
+        f"output_dir={tmp_path / 'videos'}",
+    ]
+    written = sample_entry_point.sample(sampling_config("artv", tmp_path, overrides))
+    assert [path.name for path in written] == [
+        "multi-a-red-circle-moving-left_seed0.mp4",
+        "multi-a-red-circle-moving-left_seed0_mask.mp4",
+    ]
+    first_frame = tmp_path / "first.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(first_frame)
+    cfg = sampling_config("artv", tmp_path, [*overrides, f"first_frame={first_frame}"])
+    with pytest.raises(ValueError, match="first frame"):
+        sample_entry_point.sample(cfg)

@@ -75,12 +75,6 @@ def test_first_frame_image_becomes_frame_zero(tmp_path, monkeypatch):
     torch.testing.assert_close(captured["video"][0], expected, atol=1e-5, rtol=0)
 
 
-def test_pos_options_are_refused_in_frame_by_frame_modes(tmp_path):
-    cfg = _tiny_artv_cfg(tmp_path, ["multi_prompt=true", "rewriter=template"])
-    with pytest.raises(ValueError, match="POS"):
-        sample.sample(cfg)
-
-
 def test_save_mask_writes_a_mask_video_next_to_each_video(tmp_path):
     cfg = _tiny_artv_cfg(tmp_path, ["save_mask=true", "num_frames=2"])
     paths = sample.sample(cfg)

@@ -19,8 +19,9 @@ frames (reference) and the global anchor frame.
 - Masks: the M of the last network evaluation of every frame, taken from the rows of the batched forward that
   carry the full condition; for a given first frame (copied verbatim) the mask is all ones.
 - Initial noise: each frame's sampler run starts from a fresh standard normal, or from `initial_noise[:, :, k]`
-  for frames k < T0 when an `initial_noise` `[B, C, T0, h, w]` is given (POS, modules/pos/); only the given frames
-  skip their draw, so T0 = 1 leaves every later random draw as it is.
+  for frames k < T0 when an `initial_noise` `[B, C, T0, h, w]` is given (POS, modules/pos/; in multi-prompt videos
+  k counts frames across prompts); only the given frames skip their draw, so T0 = 1 leaves every later random draw
+  as it is.
 """
 
 from __future__ import annotations
@@ -198,6 +199,13 @@ def _check_first_frame(first_frame: Tensor, frame_shape: tuple[int, ...]) -> Non
         )
 
 
+def _check_initial_noise_length(initial_noise: Tensor | None, num_frames: int) -> None:
+    if initial_noise is not None and initial_noise.ndim == 5 and initial_noise.shape[2] > num_frames:
+        raise ValueError(
+            f"ART-V generate: initial_noise has {initial_noise.shape[2]} frames, more than the video's {num_frames}"
+        )
+
+
 def _start(
     frames: FrameGenerator, text: Tensor, first_frame: Tensor | None, bar: tqdm
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -259,10 +267,7 @@ def generate_video(
     """
     if num_frames < 1:
         raise ValueError(f"ART-V generate: num_frames must be >= 1, got {num_frames}")
-    if initial_noise is not None and initial_noise.ndim == 5 and initial_noise.shape[2] > num_frames:
-        raise ValueError(
-            f"ART-V generate: initial_noise has {initial_noise.shape[2]} frames, more than num_frames={num_frames}"
-        )
+    _check_initial_noise_length(initial_noise, num_frames)
     frames = FrameGenerator(
         denoiser, sampler, guidance, null_text, text.shape[0], latent_size, generator, initial_noise
     )
@@ -288,11 +293,14 @@ def generate_multi_prompt_video(
     generator: torch.Generator | None = None,
     first_frame: Tensor | None = None,
     progress: bool = True,
+    initial_noise: Tensor | None = None,
 ) -> GeneratedVideo:
     """Multi-prompt text-to-video (ART-V supplementary section 4): `frames_per_prompt` frames per prompt.
 
     texts: one `[B, L, D]` per prompt; the anchor of prompt 0 is its first frame, the anchor of prompt p > 0 is
-    the last frame of prompt p - 1. Returns latents `[B, C, len(texts) * frames_per_prompt, h, w]` and masks.
+    the last frame of prompt p - 1. initial_noise: starting noise of frames 0..T0-1 of the whole video
+    `[B, C, T0, h, w]` (T0 <= len(texts) * frames_per_prompt) or None.
+    Returns latents `[B, C, len(texts) * frames_per_prompt, h, w]` and masks.
     """
     if not texts:
         raise ValueError("ART-V generate_multi_prompt: texts is empty; pass one text embedding per prompt")
@@ -305,8 +313,11 @@ def generate_multi_prompt_video(
         raise ValueError(
             f"ART-V generate_multi_prompt: every text embedding must have one shape, got {[list(t.shape) for t in texts]}"
         )
-    frames = FrameGenerator(denoiser, sampler, guidance, null_text, batch, latent_size, generator)
     total = len(texts) * frames_per_prompt
+    _check_initial_noise_length(initial_noise, total)
+    frames = FrameGenerator(
+        denoiser, sampler, guidance, null_text, batch, latent_size, generator, initial_noise
+    )
     with (
         _sampler_progress(sampler, progress),
         tqdm(total=total, desc="ART-V frames", disable=not progress) as bar,

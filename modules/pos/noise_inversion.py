@@ -25,7 +25,10 @@ Per model (a registry of strategies keyed by denoiser class, so the shared code 
   text-to-video's first frame (reference and anchor null). With `all_frames`, frame k >= 1 is inverted as ART-V
   would generate it after the retrieved clip's own frames: references k-2 (clamped) and k-1 noise-augmented at the
   inference level (a fixed seed, so the inversion is deterministic), anchor frame 0. At sampling time later frames
-  are conditioned on the *generated* frames instead; their inverted noise is an approximation.
+  are conditioned on the *generated* frames instead; their inverted noise is an approximation. Multi-prompt videos
+  (`invert_segments`): the retrieved clips of the prompts, one after another, are inverted as one long video under
+  the multi-prompt rule of generation: the frames of prompt p read prompt p's text and, for p > 0, the last frame of
+  prompt p - 1 as anchor; the references run on across prompt boundaries.
 """
 
 from __future__ import annotations
@@ -228,12 +231,36 @@ class PerFrameInversion(InversionStrategy):
         guidance: Guidance | None,
         settings: InversionSettings,
     ) -> Tensor:
+        return self.invert_segments(
+            net, latents, [text], null_text, sampler=sampler, guidance=guidance, settings=settings
+        )
+
+    def invert_segments(
+        self,
+        net: nn.Module,
+        latents: Tensor,
+        texts: list[Tensor],
+        null_text: Tensor,
+        *,
+        sampler: Sampler,
+        guidance: Guidance | None,
+        settings: InversionSettings,
+    ) -> Tensor:
+        """A multi-prompt video: clean latents `[B, C, P * F, h, w]` (prompt p's clip in frames p*F..(p+1)*F-1),
+        texts: P of `[B, L, D]` (or hybrid pairs) -> `[B, C, T0, h, w]` with T0 = P * F (`all_frames`) or 1."""
         frames = latents.unbind(dim=2)
+        if not texts or len(frames) % len(texts):
+            raise ValueError(
+                f"POS inversion: {len(frames)} frames cannot be split into {len(texts)} equal prompt segments"
+            )
+        frames_per_prompt = len(frames) // len(texts)
         count = len(frames) if self.all_frames else 1
         reference_noise = torch.Generator(device=latents.device).manual_seed(REFERENCE_NOISE_SEED)
         levels = torch.full((latents.shape[0],), net.reference_noise_level_inference)
         inverted = []
         for index in range(count):
+            segment = index // frames_per_prompt
+            text = texts[segment]
             if index == 0:
                 zeros = torch.zeros_like(frames[0])
                 cond = {"text": text, "reference": torch.cat([zeros, zeros, zeros], dim=1), "anchor": zeros}
@@ -242,7 +269,9 @@ class PerFrameInversion(InversionStrategy):
                 reference = build_reference(
                     frames[max(index - 2, 0)], frames[index - 1], levels, reference_noise
                 )
-                cond = {"text": text, "reference": reference, "anchor": frames[0]}
+                # the anchor of prompt 0 is frame 0; of prompt p > 0, the last frame of prompt p - 1
+                anchor = frames[0] if segment == 0 else frames[segment * frames_per_prompt - 1]
+                cond = {"text": text, "reference": reference, "anchor": anchor}
                 frame_guidance = guidance
             inverted.append(
                 invert_to_sampler_start(

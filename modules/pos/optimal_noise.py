@@ -37,7 +37,7 @@ from modules.pos.candidate_index import CandidateIndex, Match
 from modules.pos.candidate_video import CandidateVideoError, read_candidate_clip
 from modules.pos.caption_embedding import CaptionEmbedder, EncoderMismatchError, check_same_encoder
 from modules.pos.frame_embedding import FrameEmbedder
-from modules.pos.noise_inversion import InversionSettings, inversion_strategy
+from modules.pos.noise_inversion import InversionSettings, PerFrameInversion, inversion_strategy
 
 log = logging.getLogger(__name__)
 
@@ -210,18 +210,64 @@ class OptimalNoiseApproximator:
         `[B, 2, L, D]` (the hybrid hook must then be attached to model.net); null_text: the matching null text.
         """
         strategy = inversion_strategy(model.net, all_frames=self.all_frames)
-        videos = torch.stack([item.clip for item in retrieved]).to(model.device)
+        latents = self._encode(model, torch.stack([item.clip for item in retrieved]))
+        inverted = strategy.invert(
+            model.net, latents, text, null_text, sampler=sampler, guidance=guidance, settings=self.settings
+        )
+        return self._mix(strategy.fresh_noise(model.net, inverted, generator), inverted)
+
+    @torch.no_grad()
+    def initial_noise_multi_prompt(
+        self,
+        model: Any,
+        retrieved: Sequence[RetrievedClip],
+        texts: Sequence[Tensor],
+        null_text: Tensor,
+        *,
+        sampler: Sampler,
+        guidance: Guidance | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """x_T' `[1, C, T0, h, w]` of one multi-prompt ART-V video, for `generate_multi_prompt(initial_noise=...)`.
+
+        retrieved: one clip of F frames per prompt, in prompt order (only the first is used unless `all_frames`:
+        T0 = 1 then); texts: one `[1, L, D]` (or hybrid pair) per prompt. The clips, one after another, are
+        inverted as one long video under the multi-prompt conditions (`PerFrameInversion.invert_segments`).
+        """
+        strategy = inversion_strategy(model.net, all_frames=self.all_frames)
+        if not isinstance(strategy, PerFrameInversion):
+            raise TypeError(
+                f"POS multi-prompt noise needs a frame-by-frame model (ART-V), got {type(model.net).__name__}"
+            )
+        used = len(texts) if self.all_frames else 1
+        if len(retrieved) < used:
+            raise ValueError(f"POS multi-prompt: {used} retrieved clips needed, got {len(retrieved)}")
+        clips = torch.cat([item.clip for item in retrieved[:used]])  # [used * F, 3, H, W]
+        inverted = strategy.invert_segments(
+            model.net,
+            self._encode(model, clips[None]),
+            list(texts[:used]),
+            null_text,
+            sampler=sampler,
+            guidance=guidance,
+            settings=self.settings,
+        )
+        return self._mix(strategy.fresh_noise(model.net, inverted, generator), inverted)
+
+    @staticmethod
+    def _encode(model: Any, videos: Tensor) -> Tensor:
+        """Clips `[B, T, 3, H, W]` in [-1, 1] -> latents `[B, C, T, h, w]` (posterior mean), on the net's device."""
         latents = model.first_stage.encode_video(
-            rearrange(videos, "b t c h w -> b c t h w"), chunk_size=model.vae_chunk_frames, sample=False
+            rearrange(videos.to(model.device), "b t c h w -> b c t h w"),
+            chunk_size=model.vae_chunk_frames,
+            sample=False,
         )
         reference = next(model.net.parameters())
         # contiguous: the first stage's frame reshapes leave a permuted layout, and a layout other than a fresh
         # draw's changes the network's float rounding (lam = 1 must reproduce plain sampling bit for bit)
-        latents = latents.to(reference.device, reference.dtype).contiguous()
-        inverted = strategy.invert(
-            model.net, latents, text, null_text, sampler=sampler, guidance=guidance, settings=self.settings
-        )
-        fresh = strategy.fresh_noise(model.net, inverted, generator)
+        return latents.to(reference.device, reference.dtype).contiguous()
+
+    def _mix(self, fresh: Tensor, inverted: Tensor) -> Tensor:
         # x_T' = sqrt(1 - lam) x_inv + sqrt(lam) eps
         return (math.sqrt(1.0 - self.lam) * inverted + math.sqrt(self.lam) * fresh).contiguous()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from modules.pos.caption_embedding import CaptionEmbedder
 from modules.pos.hybrid_semantics import HybridSchedule, HybridTextConditioning, pair_text
-from modules.pos.optimal_noise import OptimalNoiseApproximator
+from modules.pos.optimal_noise import OptimalNoiseApproximator, RetrievedClip
 from modules.pos.rewriters import NoRewriter, PromptRewriter
 from modules.pos.text_cache import TextEmbeddingCache
 
@@ -74,32 +75,139 @@ class PosGenerator:
         width: int,
         generator: torch.Generator | None = None,
         progress: bool = True,
-    ) -> Tensor:
-        """Text to video `[B, T, 3, H, W]` in [-1, 1]."""
-        model = self.model
+        return_masks: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Text to video `[B, T, 3, H, W]` in [-1, 1], one video per prompt (and ART-V's mask video with
+        `return_masks`, as `VideoDiffusionModule.generate`)."""
         prompts = list(prompts)
-        factor = model.first_stage.downsample_factor
+        latent_size = self._latent_size(height, width)
+        prepared = self._prepare(prompts, prompts, num_frames, height, width, generator)
+        model = self.model
+        with prepared.hybrid_hook:
+            initial_noise = None
+            if prepared.retrieved is not None:
+                initial_noise = self.approximator.initial_noise(
+                    model,
+                    prepared.retrieved,
+                    prepared.text,
+                    prepared.null_text,
+                    **self._models_sampling(generator),
+                )
+            result = model.net.generate(
+                model.sampler,
+                model.guidance,
+                prepared.text,
+                prepared.null_text,
+                num_frames=num_frames,
+                **self._generation_options(latent_size, generator, initial_noise, progress, return_masks),
+            )
+        return self._decode(result, return_masks)
+
+    @torch.no_grad()
+    def generate_multi_prompt(
+        self,
+        prompts: Sequence[str],
+        *,
+        frames_per_prompt: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+        return_masks: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """One multi-prompt ART-V video `[1, len(prompts) * frames_per_prompt, 3, H, W]` in [-1, 1] (and its mask
+        video with `return_masks`).
+
+        Each prompt is rewritten and conditions its own frames (hybrid semantics per prompt). Retrieval: frame 0's
+        noise from the first prompt's clip; with `pos.approximator.all_frames` every frame's, from its prompt's
+        clip, inverted as one long video under the multi-prompt conditions (`PerFrameInversion.invert_segments`).
+        """
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("multi-prompt generation needs at least one prompt")
+        latent_size = self._latent_size(height, width)
+        all_frames = self.approximator is not None and self.approximator.all_frames
+        retrieve = prompts if all_frames else prompts[:1]
+        prepared = self._prepare(prompts, retrieve, frames_per_prompt, height, width, generator)
+        texts = list(prepared.text.split(1))  # one [1, L, D] (or [1, 2, L, D] pair) per prompt
+        model = self.model
+        with prepared.hybrid_hook:
+            initial_noise = None
+            if prepared.retrieved is not None:
+                initial_noise = self.approximator.initial_noise_multi_prompt(
+                    model, prepared.retrieved, texts, prepared.null_text, **self._models_sampling(generator)
+                )
+            result = model.net.generate_multi_prompt(
+                model.sampler,
+                model.guidance,
+                texts,
+                prepared.null_text,
+                frames_per_prompt=frames_per_prompt,
+                **self._generation_options(latent_size, generator, initial_noise, progress, return_masks),
+            )
+        return self._decode(result, return_masks)
+
+    def _models_sampling(self, generator: torch.Generator | None) -> dict[str, Any]:
+        """The model's sampler and guidance and the RNG, as the approximator's inversion takes them."""
+        return {"sampler": self.model.sampler, "guidance": self.model.guidance, "generator": generator}
+
+    def _generation_options(
+        self,
+        latent_size: tuple[int, int],
+        generator: torch.Generator | None,
+        initial_noise: Tensor | None,
+        progress: bool,
+        return_masks: bool,
+    ) -> dict[str, Any]:
+        """Keyword arguments shared by the net's `generate` and `generate_multi_prompt`."""
+        return {
+            "latent_size": latent_size,
+            "generator": generator,
+            "initial_noise": initial_noise,
+            "progress": progress,
+            **self.model.mask_request(return_masks),
+        }
+
+    def _latent_size(self, height: int, width: int) -> tuple[int, int]:
+        factor = self.model.first_stage.downsample_factor
         if height % factor or width % factor:
             raise ValueError(
                 f"resolution {height}x{width} is not divisible by the autoencoder's factor {factor} <resolution>"
             )
+        return height // factor, width // factor
+
+    def _prepare(
+        self,
+        prompts: list[str],
+        retrieve: list[str],
+        num_frames: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None,
+    ) -> PreparedConditions:
+        """Encode `prompts` (once each), retrieve a clip of `num_frames` frames for each of `retrieve` (a prefix
+        of `prompts`) when retrieval is on, rewrite the prompts, and pair the texts for hybrid semantics."""
+        model = self.model
         if self.texts.device != model.device:
             self.texts = TextEmbeddingCache(self.texts.embedder, model.device)
         original = self.texts.encode(prompts)
         retrieved = None
         if self.approximator is not None:
             retrieved = self.approximator.retrieve(
-                prompts,
-                original.pooled,
+                retrieve,
+                original.pooled[: len(retrieve)],
                 num_frames=num_frames,
                 height=height,
                 width=width,
                 generator=generator,
             )
-        references = None if retrieved is None else [item.match.entry.caption for item in retrieved]
+        references = None
+        if retrieved is not None:
+            captions = [item.match.entry.caption for item in retrieved]
+            references = captions + [None] * (len(prompts) - len(captions))
         rewritten = self.rewriter.rewrite_all(prompts, references)
         text, null_text = original.context, model.null_text()
-        hybrid_hook = contextlib.nullcontext()
+        hybrid_hook: contextlib.AbstractContextManager = contextlib.nullcontext()
         if rewritten != prompts:
             for prompt, new in zip(prompts, rewritten, strict=True):
                 if new != prompt:
@@ -108,30 +216,26 @@ class PosGenerator:
             null_text = pair_text(null_text, null_text)
             hybrid = HybridTextConditioning(model.sampler.timesteps(), self.hybrid)
             hybrid_hook = hybrid.attached(model.net)
-        with hybrid_hook:
-            initial_noise = None
-            if retrieved is not None:
-                initial_noise = self.approximator.initial_noise(
-                    model,
-                    retrieved,
-                    text,
-                    null_text,
-                    sampler=model.sampler,
-                    guidance=model.guidance,
-                    generator=generator,
-                )
-            latents = model.net.generate(
-                model.sampler,
-                model.guidance,
-                text,
-                null_text,
-                num_frames=num_frames,
-                latent_size=(height // factor, width // factor),
-                generator=generator,
-                initial_noise=initial_noise,
-                progress=progress,
-            )
-        return model.decode_video(latents)
+        return PreparedConditions(text, null_text, retrieved, hybrid_hook)
+
+    def _decode(
+        self, result: Tensor | tuple[Tensor, Tensor], with_masks: bool
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if not with_masks:
+            return self.model.decode_video(result)
+        latents, masks = result
+        return self.model.decode_video(latents), self.model.mask_video(masks)
+
+
+@dataclass
+class PreparedConditions:
+    """What `PosGenerator` samples with: text `[B, L, D]` (or the hybrid pair `[B, 2, L, D]`), the matching null
+    text, the retrieved clips (None without retrieval) and the hybrid-semantics hook to sample within."""
+
+    text: Tensor
+    null_text: Tensor
+    retrieved: list[RetrievedClip] | None
+    hybrid_hook: contextlib.AbstractContextManager
 
 
 def read_init_noise(cfg: DictConfig) -> str:

@@ -302,14 +302,15 @@ class VideoDiffusionModule(L.LightningModule):
             first_frame=first_latent,
             progress=progress,
             initial_noise=initial_noise,
-            **self._mask_request(return_masks),
+            **self.mask_request(return_masks),
         )
         if not return_masks:
             return self.decode_video(latents)
         latents, masks = latents
         return self.decode_video(latents), self.mask_video(masks)
 
-    def _mask_request(self, return_masks: bool) -> dict[str, bool]:
+    def mask_request(self, return_masks: bool) -> dict[str, bool]:
+        """The keyword that asks `net.generate` for its masks ({} when not asked); a clear error for nets without."""
         if not return_masks:
             return {}
         if "return_masks" not in inspect.signature(self.net.generate).parameters:
@@ -335,10 +336,12 @@ class VideoDiffusionModule(L.LightningModule):
         first_frame: Tensor | None = None,
         progress: bool = True,
         return_masks: bool = False,
+        initial_noise: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """One long video `[1, len(prompts) * frames_per_prompt, 3, H, W]` in [-1, 1], the prompts in order, for
         nets that generate frame by frame (ART-V supplementary section 4: each later prompt is anchored on the last
-        frame of the previous one); with `return_masks`, also the mask video (see `generate`)."""
+        frame of the previous one); with `return_masks`, also the mask video (see `generate`). initial_noise: the
+        starting noise of the first frames `[1, C, T0, h, w]` (POS), else drawn."""
         if not hasattr(self.net, "generate_multi_prompt"):
             raise ValueError(
                 f"{type(self.net).__name__} cannot generate multi-prompt videos; use model=artv <multi_prompt>"
@@ -355,7 +358,8 @@ class VideoDiffusionModule(L.LightningModule):
             generator=generator,
             first_frame=first_latent,
             progress=progress,
-            **self._mask_request(return_masks),
+            initial_noise=initial_noise,
+            **self.mask_request(return_masks),
         )
         if not return_masks:
             return self.decode_video(latents)
