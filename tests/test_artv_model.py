@@ -317,6 +317,20 @@ def test_validation_examples_are_reproducible_at_the_inference_noise_level() -> 
     assert float(noise.std()) == pytest.approx(0.05, rel=0.05)
 
 
+def test_first_step_probability_sets_the_share_of_frame_one_targets() -> None:
+    net = tiny_artv(first_step_probability=0.5).train()
+    torch.manual_seed(0)
+    example = net.training_example(frame_indexed_clip(batch=2000, num_frames=5))
+    target = example.x0[:, 0, 0, 0]
+    assert set(target.tolist()) == {1.0, 2.0, 3.0, 4.0}
+    assert float((target == 1).float().mean()) == pytest.approx(0.5, abs=0.04)  # uniform would give 0.25
+    later = target[target > 1]
+    for frame in (2.0, 3.0, 4.0):  # the rest stay uniform over 2..T-1
+        assert float((later == frame).float().mean()) == pytest.approx(1 / 3, abs=0.05)
+    with pytest.raises(ValueError, match="first_step_probability"):
+        tiny_artv(first_step_probability=0.5).train().training_example(torch.randn(1, 4, 2, 8, 8))
+
+
 def test_training_example_needs_two_frames() -> None:
     with pytest.raises(ValueError, match="at least 2 frames"):
         tiny_artv().training_example(torch.randn(1, 4, 1, 8, 8))

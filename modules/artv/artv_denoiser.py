@@ -98,6 +98,8 @@ class ARTVDenoiser(VideoDenoiser):
             Φdynamic's output and gradient by 1 - M ~ 0.03 exactly where the caption decides the frame: measured on
             the toy ART-V, M was 0.95-0.98 on the shape at t >= 800 with the reference dropped, and its text-to-video
             first frame ignored the caption (docs/BENCHMARKS.md, toy_quality).
+        first_step_probability: share of training examples whose target is frame 1 (`select_training_frames`);
+            None (the default) draws the target uniformly from frames 1..T-1. Ours.
     """
 
     condition_keys = ("text", "reference", "anchor")
@@ -117,6 +119,7 @@ class ARTVDenoiser(VideoDenoiser):
         reference_noise_level_inference: float = 0.02,
         mask_init_logit: float = -4.0,
         mask_requires_reference: bool = True,
+        first_step_probability: float | None = None,
     ) -> None:
         super().__init__()
         if reference_noise_level_train < 0 or reference_noise_level_inference < 0:
@@ -132,6 +135,7 @@ class ARTVDenoiser(VideoDenoiser):
         self.reference_noise_level_train = reference_noise_level_train
         self.reference_noise_level_inference = reference_noise_level_inference
         self.mask_requires_reference = mask_requires_reference
+        self.first_step_probability = first_step_probability
         factory = AnchorBlockFactory(self.anchor_context_dim) if anchor_attention else None
         self.dynamic_unet = dynamic_unet(block_factory=factory)
         self.mask_unet = mask_unet(block_factory=factory)
@@ -255,7 +259,7 @@ class ARTVDenoiser(VideoDenoiser):
         """One target frame per clip with its reference and anchor conditions.
 
         latents: clean clips `[B, C, T, h, w]` (T >= 2, sampled at 8 fps, Table 4). Returns x0 `[B, C, h, w]`
-        (frame k ~ U{1..T-1}) and cond {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped
+        (frame k ~ U{1..T-1}, or k = 1 with probability `first_step_probability`) and cond {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped
         at 0 and k-1, noise-augmented at a random level in training mode and at the inference level in eval mode;
         anchor: frame 0). In eval mode the choices are seeded, so validation examples are reproducible.
         """
@@ -267,7 +271,7 @@ class ARTVDenoiser(VideoDenoiser):
             index_generator = torch.Generator().manual_seed(VALIDATION_SEED)
             noise_generator = torch.Generator(device=latents.device).manual_seed(VALIDATION_SEED)
             levels = torch.full((batch,), self.reference_noise_level_inference)
-        frames = select_training_frames(latents, index_generator)
+        frames = select_training_frames(latents, index_generator, self.first_step_probability)
         reference = build_reference(frames.earlier_reference, frames.previous_frame, levels, noise_generator)
         return TrainingExample(x0=frames.target, cond={"reference": reference, "anchor": frames.anchor})
 

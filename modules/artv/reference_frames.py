@@ -41,10 +41,17 @@ class FrameSelection:
     anchor: Tensor
 
 
-def select_training_frames(latents: Tensor, generator: torch.Generator | None = None) -> FrameSelection:
+def select_training_frames(
+    latents: Tensor,
+    generator: torch.Generator | None = None,
+    first_step_probability: float | None = None,
+) -> FrameSelection:
     """Pick per sample a target k in 1..T-1, references k-2 (clamped at 0) and k-1, and frame 0 as anchor.
 
     latents: clean latent clips `[B, C, T, h, w]` with T >= 2. generator: CPU generator for k (None: global RNG).
+    first_step_probability: None draws k uniformly from 1..T-1; p draws k = 1 with probability p and otherwise
+    uniformly from 2..T-1 (T >= 3). k = 1 is the one step whose references (frame 0 twice) show no motion, so
+    its motion comes from the text alone; uniform k gives it 1 / (T - 1) of the examples.
     """
     if latents.ndim != 5:
         raise ValueError(
@@ -56,7 +63,18 @@ def select_training_frames(latents: Tensor, generator: torch.Generator | None = 
             f"ART-V training_example: clips need at least 2 frames (a reference and a target), got T={num_frames} "
             "<data.num_frames>"
         )
-    target_index = torch.randint(1, num_frames, (batch,), generator=generator).to(latents.device)
+    if first_step_probability is None:
+        target_index = torch.randint(1, num_frames, (batch,), generator=generator)
+    else:
+        if not 0.0 <= first_step_probability <= 1.0 or num_frames < 3:
+            raise ValueError(
+                f"ART-V training_example: first_step_probability must be in [0, 1] with T >= 3 frames, got "
+                f"{first_step_probability} with T={num_frames} <model.net.first_step_probability>"
+            )
+        first_step = torch.rand(batch, generator=generator) < first_step_probability
+        later = torch.randint(2, num_frames, (batch,), generator=generator)
+        target_index = torch.where(first_step, torch.ones_like(later), later)
+    target_index = target_index.to(latents.device)
     samples = torch.arange(batch, device=latents.device)
 
     def frames_at(index: Tensor) -> Tensor:
