@@ -72,37 +72,26 @@ def _sample_frame_by_frame(
 ) -> list[Path]:
     """ART-V's modes: text+image-to-video (`first_frame`, without POS), multi-prompt long videos (`multi_prompt`)
     and mask videos (`save_mask`), the last two with or without POS."""
-    uses_pos = cfg.sampler.get("init_noise", "gaussian") != "gaussian" or not str(
-        cfg.rewriter.get("_target_", "")
-    ).endswith("NoRewriter")
-    if uses_pos and first_frame is not None:
+    if video_generator.uses_pos and first_frame is not None:
         raise ValueError(
             "POS (sampler.init_noise, rewriter) does not combine with a given first frame: drop first_frame, or "
             "use sampler.init_noise=gaussian rewriter=none <first_frame>"
         )
+    # a given first frame goes to the model itself; otherwise the POS generator (plain sampling when POS is off)
+    source, given = (
+        (model, {"first_frame": first_frame}) if first_frame is not None else (video_generator, {})
+    )
     written: list[Path] = []
     save_mask = bool(cfg.get("save_mask"))
     size = {"height": cfg.resolution.height, "width": cfg.resolution.width}
     for seed in cfg.seeds:
-        options = {"generator": seeded_generator(seed, device), "return_masks": save_mask}
-        if cfg.get("multi_prompt") and first_frame is None:
-            result = video_generator.generate_multi_prompt(
-                prompts, frames_per_prompt=cfg.frames_per_prompt, **size, **options
-            )
-            written += _write_outputs(result, f"multi {prompts[0]}", seed, output_dir, cfg.fps, save_mask)
-        elif cfg.get("multi_prompt"):
-            result = model.generate_multi_prompt(
-                prompts, frames_per_prompt=cfg.frames_per_prompt, first_frame=first_frame, **size, **options
-            )
+        options = {"generator": seeded_generator(seed, device), "return_masks": save_mask, **size, **given}
+        if cfg.get("multi_prompt"):
+            result = source.generate_multi_prompt(prompts, frames_per_prompt=cfg.frames_per_prompt, **options)
             written += _write_outputs(result, f"multi {prompts[0]}", seed, output_dir, cfg.fps, save_mask)
         else:
             for prompt in prompts:
-                if first_frame is None:
-                    result = video_generator.generate([prompt], num_frames=cfg.num_frames, **size, **options)
-                else:
-                    result = model.generate(
-                        [prompt], num_frames=cfg.num_frames, first_frame=first_frame, **size, **options
-                    )
+                result = source.generate([prompt], num_frames=cfg.num_frames, **options)
                 written += _write_outputs(result, prompt, seed, output_dir, cfg.fps, save_mask)
         log.info("wrote %s", written[-1])
     return written

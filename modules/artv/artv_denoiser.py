@@ -259,9 +259,9 @@ class ARTVDenoiser(VideoDenoiser):
         """One target frame per clip with its reference and anchor conditions.
 
         latents: clean clips `[B, C, T, h, w]` (T >= 2, sampled at 8 fps, Table 4). Returns x0 `[B, C, h, w]`
-        (frame k ~ U{1..T-1}, or k = 1 with probability `first_step_probability`) and cond {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped
-        at 0 and k-1, noise-augmented at a random level in training mode and at the inference level in eval mode;
-        anchor: frame 0). In eval mode the choices are seeded, so validation examples are reproducible.
+        (frame k ~ U{1..T-1}, or k = 1 with probability `first_step_probability`) and cond
+        {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped at 0 and k-1, noise-augmented
+        at a random level in training mode and at the inference level in eval mode; anchor: frame 0). In eval mode the choices are seeded, so validation examples are reproducible.
         """
         batch = latents.shape[0]
         if self.training:

@@ -65,6 +65,11 @@ class PosGenerator:
         if approximator is not None:
             approximator.check_encoder(embedder)
 
+    @property
+    def uses_pos(self) -> bool:
+        """Whether either POS module is on (retrieval noise or a rewriter); off, `generate` is plain sampling."""
+        return self.approximator is not None or not isinstance(self.rewriter, NoRewriter)
+
     @torch.no_grad()
     def generate(
         self,
