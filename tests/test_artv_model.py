@@ -329,6 +329,8 @@ def test_first_step_probability_sets_the_share_of_frame_one_targets() -> None:
         assert float((later == frame).float().mean()) == pytest.approx(1 / 3, abs=0.05)
     with pytest.raises(ValueError, match="first_step_probability"):
         tiny_artv(first_step_probability=0.5).train().training_example(torch.randn(1, 4, 2, 8, 8))
+    with pytest.raises(ValueError, match="first_step_probability"):  # a bad value fails at construction
+        tiny_artv(first_step_probability=1.5)
 
 
 def test_training_example_needs_two_frames() -> None:

@@ -128,6 +128,11 @@ class ARTVDenoiser(VideoDenoiser):
                 f"{reference_noise_level_train} / {reference_noise_level_inference} "
                 "<model.net.reference_noise_level_train / _inference>"
             )
+        if first_step_probability is not None and not 0.0 <= first_step_probability <= 1.0:
+            raise ValueError(
+                f"ARTVDenoiser: first_step_probability must be in [0, 1] or null, got {first_step_probability} "
+                "<model.net.first_step_probability>"
+            )
         self.latent_channels = latent_channels
         self.anchor_attention = anchor_attention
         self.anchor_patch_size = anchor_patch_size
@@ -261,7 +266,8 @@ class ARTVDenoiser(VideoDenoiser):
         latents: clean clips `[B, C, T, h, w]` (T >= 2, sampled at 8 fps, Table 4). Returns x0 `[B, C, h, w]`
         (frame k ~ U{1..T-1}, or k = 1 with probability `first_step_probability`) and cond
         {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped at 0 and k-1, noise-augmented
-        at a random level in training mode and at the inference level in eval mode; anchor: frame 0). In eval mode the choices are seeded, so validation examples are reproducible.
+        at a random level in training mode and at the inference level in eval mode; anchor: frame 0). In eval
+        mode the choices are seeded, so validation examples are reproducible.
         """
         batch = latents.shape[0]
         if self.training:
