@@ -7,8 +7,15 @@ every 84 consecutive samples hold each combination once; size, position and spee
 generator seeded by `(seed, split, i)`. Everything is deterministic given the seed.
 
 Default videos are 64 x 64 px, 24 frames at 8 fps. The shape travels 55-68 % of the frame width over
-the video (about 1.5-1.9 px per frame at 64 px), so over 8 frames at stride 1 resized to 32 x 32 it
-moves 5-7 px, and twice that at stride 2: enough for the direction to be obvious.
+the video (`travel_fraction`; about 1.5-1.9 px per frame at 64 px), so over 8 frames at stride 1 resized
+to 32 x 32 it moves 5-7 px, and twice that at stride 2: enough for the direction to be obvious.
+
+Where the shape starts (`start`):
+- `"path_end"` (default): at the far end of its path, so that the long path fits in the frame. The
+  position then tells the direction: a shape near the left edge can only be moving right.
+- `"direction_free"`: drawn from the same range whatever the direction (the middle of the frame along the
+  motion axis, `travel` away from either end), so no frame-0 position predicts the direction and only the
+  caption does. The path must fit twice over, so use it with a short `travel_fraction` (short videos).
 
 `ShapesShardSet.generate()` writes the train and validation splits as mp4 shards through the same
 writer as real data (`shard_writer.write_shard_set`), once: it records its settings in
@@ -17,7 +24,7 @@ writer as real data (`shard_writer.write_shard_set`), once: it records its setti
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +50,9 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 _SUPERSAMPLING = 4
 _SPLITS = {"train": 0, "val": 1}
+START_MODES = ("path_end", "direction_free")
+DEFAULT_TRAVEL_FRACTION = (0.55, 0.68)
+_SETTINGS_BEFORE_START_OPTION = {"start": "path_end", "travel_fraction": list(DEFAULT_TRAVEL_FRACTION)}
 
 
 def toy_caption(color: str, shape: str, direction: str) -> str:
@@ -67,20 +77,47 @@ class ToyVideoSpec:
         return toy_caption(self.color, self.shape, self.direction)
 
 
-def toy_video_spec(index: int, rng: np.random.Generator, size: int) -> ToyVideoSpec:
-    """The spec of sample `index`: its combination by index, its geometry drawn from `rng`."""
+def check_toy_geometry(start: str, travel_fraction: tuple[float, float]) -> None:
+    """Raise a ValueError naming the bad setting (`toy_shards.start` / `toy_shards.travel_fraction`)."""
+    if start not in START_MODES:
+        raise ValueError(f"toy_shards.start must be one of {START_MODES}, got {start!r}")
+    low, high = travel_fraction
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(
+            f"toy_shards.travel_fraction must be [low, high] with 0 < low <= high <= 1, got {list(travel_fraction)}"
+        )
+
+
+def toy_video_spec(
+    index: int,
+    rng: np.random.Generator,
+    size: int,
+    start: str = "path_end",
+    travel_fraction: tuple[float, float] = DEFAULT_TRAVEL_FRACTION,
+) -> ToyVideoSpec:
+    """The spec of sample `index`: its combination by index, its geometry drawn from `rng`.
+
+    `travel_fraction`: range of the path length over the whole video, in frame widths; `start`: see the module
+    docstring. The defaults reproduce the data sets made before these options existed, draw for draw.
+    """
+    check_toy_geometry(start, travel_fraction)
     color = list(COLORS)[index % len(COLORS)]
     shape = SHAPES[(index // len(COLORS)) % len(SHAPES)]
     direction = list(DIRECTIONS)[(index // (len(COLORS) * len(SHAPES))) % len(DIRECTIONS)]
     radius = size * rng.uniform(0.11, 0.14)
     extent = 1.3 * radius  # the triangle reaches 1.3 r from its centre (`_shape_mask`)
     low, high = extent + 1.0, size - extent - 1.0
-    travel = min(size * rng.uniform(0.55, 0.68), high - low)
     step_x, step_y = DIRECTIONS[direction]
-    along = low + rng.uniform(0.0, max(0.0, high - low - travel))
+    if start == "path_end":
+        travel = min(size * rng.uniform(*travel_fraction), high - low)
+        along = low + rng.uniform(0.0, max(0.0, high - low - travel))
+        # a shape moving left/up starts at the far end of its path
+        start_along = along + travel if step_x + step_y < 0 else along
+    else:
+        # the same start range for both senses: a path of `travel` fits from there either way
+        travel = min(size * rng.uniform(*travel_fraction), (high - low) / 2)
+        start_along = rng.uniform(low + travel, high - travel)
     across = rng.uniform(low, high)
-    # a shape moving left/up starts at the far end of its path
-    start_along = along + travel if step_x + step_y < 0 else along
     start_x, start_y = (start_along, across) if step_x else (across, start_along)
     return ToyVideoSpec(color, shape, direction, radius, start_x, start_y, travel)
 
@@ -118,14 +155,22 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np
 
 
 def toy_sample_factory(
-    seed: int, split: str, size: int, num_frames: int, fps: float
+    seed: int,
+    split: str,
+    size: int,
+    num_frames: int,
+    fps: float,
+    start: str = "path_end",
+    travel_fraction: tuple[float, float] = DEFAULT_TRAVEL_FRACTION,
 ) -> Callable[[int, str], ShardSample]:
     """`(index, key) -> ShardSample` making toy video `index` of `split` as an H.264 mp4."""
     if split not in _SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLITS)}")
+    check_toy_geometry(start, travel_fraction)
 
     def make_sample(index: int, key: str) -> ShardSample:
-        spec = toy_video_spec(index, np.random.default_rng([seed, _SPLITS[split], index]), size)
+        rng = np.random.default_rng([seed, _SPLITS[split], index])
+        spec = toy_video_spec(index, rng, size, start, travel_fraction)
         video = encode_mp4(render_toy_video(spec, size, num_frames), fps)
         metadata = {
             **asdict(spec),
@@ -153,6 +198,8 @@ class ShapesShardSet:
         size: frame height and width in pixels (even).
         fps: frame rate of the videos.
         seed: generation seed (independent of the training seed, so that runs share one data set).
+        start: where the shape starts, "path_end" or "direction_free" (module docstring).
+        travel_fraction: [low, high] range of the path length over the video, in frame widths.
     """
 
     def __init__(
@@ -165,7 +212,12 @@ class ShapesShardSet:
         size: int = 64,
         fps: float = 8.0,
         seed: int = 1234,
+        start: str = "path_end",
+        travel_fraction: Sequence[float] = DEFAULT_TRAVEL_FRACTION,
     ) -> None:
+        if len(travel_fraction) != 2:
+            raise ValueError(f"toy_shards.travel_fraction must be [low, high], got {list(travel_fraction)}")
+        check_toy_geometry(start, (float(travel_fraction[0]), float(travel_fraction[1])))
         self.root = Path(root)
         self.train_samples = train_samples
         self.val_samples = val_samples
@@ -174,6 +226,8 @@ class ShapesShardSet:
         self.size = size
         self.fps = fps
         self.seed = seed
+        self.start = start
+        self.travel_fraction = (float(travel_fraction[0]), float(travel_fraction[1]))
 
     @property
     def train_dir(self) -> Path:
@@ -193,6 +247,8 @@ class ShapesShardSet:
             "size": self.size,
             "fps": float(self.fps),
             "seed": self.seed,
+            "start": self.start,
+            "travel_fraction": list(self.travel_fraction),
         }
 
     def generate(self) -> None:
@@ -203,7 +259,8 @@ class ShapesShardSet:
         """
         settings_path = self.root / "shapes_settings.json"
         if settings_path.exists():
-            recorded = json.loads(settings_path.read_text())
+            # shards made before `start` / `travel_fraction` existed used today's defaults
+            recorded = {**_SETTINGS_BEFORE_START_OPTION, **json.loads(settings_path.read_text())}
             if recorded != self.settings():
                 raise ValueError(
                     f"{self.root} holds toy shards generated with {recorded}, not {self.settings()}; "
@@ -218,7 +275,9 @@ class ShapesShardSet:
             ("train", self.train_samples, self.train_dir),
             ("val", self.val_samples, self.val_dir),
         ):
-            make_sample = toy_sample_factory(self.seed, split, self.size, self.num_frames, self.fps)
+            make_sample = toy_sample_factory(
+                self.seed, split, self.size, self.num_frames, self.fps, self.start, self.travel_fraction
+            )
             report = write_shard_set(
                 directory, count, self.samples_per_shard, make_sample, description=f"toy shapes ({split})"
             )

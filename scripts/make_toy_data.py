@@ -2,6 +2,8 @@
 
     python scripts/make_toy_data.py --out data/shapes
     python scripts/make_toy_data.py --out /tmp/shapes --train-samples 256 --val-samples 32
+    python scripts/make_toy_data.py --out data/shapes_direction_free --num-frames 8 --start direction_free \
+        --travel-fraction 0.167 0.207 --train-samples 3072      # start position independent of the direction
 
 The defaults equal conf/data/shapes.yaml's `toy_shards`, so shards made here are the ones `data=shapes`
 expects under `${paths.data_dir}/shapes`.
@@ -10,7 +12,7 @@ expects under `${paths.data_dir}/shapes`.
 import argparse
 import logging
 
-from datamodules.toy_shapes import ShapesShardSet
+from datamodules.toy_shapes import START_MODES, ShapesShardSet
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +28,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=defaults.size, help="frame height and width in px")
     parser.add_argument("--fps", type=float, default=defaults.fps)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--start", choices=START_MODES, default=defaults.start, help="where the shape starts")
+    parser.add_argument(
+        "--travel-fraction",
+        type=float,
+        nargs=2,
+        default=list(defaults.travel_fraction),
+        metavar=("LOW", "HIGH"),
+        help="path length over the whole video, in frame widths",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ShapesShardSet(
@@ -37,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         size=args.size,
         fps=args.fps,
         seed=args.seed,
+        start=args.start,
+        travel_fraction=args.travel_fraction,
     ).generate()
 
 

@@ -1,5 +1,6 @@
 """Toy "shapes" data: deterministic generation, the scorer's accuracy, and the data configs end to end."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ from omegaconf import OmegaConf
 
 from datamodules.frame_selection import FrameSelection
 from datamodules.toy_scorer import parse_caption, score_batch, score_video
-from datamodules.toy_shapes import COLORS, DIRECTIONS, SHAPES, ShapesShardSet, toy_sample_factory
+from datamodules.toy_shapes import (
+    COLORS,
+    DIRECTIONS,
+    SHAPES,
+    ShapesShardSet,
+    render_toy_video,
+    toy_sample_factory,
+    toy_video_spec,
+)
 from datamodules.video_datamodule import VideoDataModule
 from datamodules.video_decoding import decode_clip
 
@@ -98,6 +107,74 @@ def test_toy_generation_is_deterministic_and_checks_its_settings(tmp_path: Path)
         ShapesShardSet(str(tmp_path / "first"), **{**options, "seed": 7}).generate()
 
 
+def test_default_toy_geometry_is_unchanged_draw_for_draw():
+    # the first training video of every data set made so far; a change here silently changes the toy data
+    spec = toy_video_spec(0, np.random.default_rng([1234, 0, 0]), 64)
+    assert (spec.color, spec.shape, spec.direction) == ("red", "circle", "left")
+    assert spec.radius == pytest.approx(8.915263552060434, abs=1e-12)
+    assert (spec.start_x, spec.start_y) == pytest.approx((51.375074291194515, 22.74882488358369), abs=1e-12)
+    assert spec.travel == pytest.approx(38.363228515363225, abs=1e-12)
+
+
+def _start_along(spec) -> float:
+    return spec.start_x if spec.direction in ("left", "right") else spec.start_y
+
+
+def test_path_end_start_tells_the_direction_and_direction_free_does_not():
+    size, count = 64, 4 * 84
+    rngs = [np.random.default_rng([5, 0, index]) for index in range(count)]
+    path_end = [toy_video_spec(index, rng, size) for index, rng in enumerate(rngs)]
+    rngs = [np.random.default_rng([5, 0, index]) for index in range(count)]
+    free = [toy_video_spec(i, rng, size, "direction_free", (0.167, 0.207)) for i, rng in enumerate(rngs)]
+
+    def mean_start(specs, direction):
+        return np.mean([_start_along(s) for s in specs if s.direction == direction])
+
+    # path_end: a shape moving left/up starts in the far (right/bottom) part of the frame
+    assert mean_start(path_end, "left") - mean_start(path_end, "right") > 0.2 * size
+    assert mean_start(path_end, "up") - mean_start(path_end, "down") > 0.2 * size
+    # direction_free: one start range for both senses (the path fits either way), so the means agree
+    for spec in free:
+        low, high = 1.3 * spec.radius + 1.0, size - 1.3 * spec.radius - 1.0
+        assert low + spec.travel <= _start_along(spec) <= high - spec.travel
+    assert abs(mean_start(free, "left") - mean_start(free, "right")) < 0.05 * size
+    assert abs(mean_start(free, "up") - mean_start(free, "down")) < 0.05 * size
+
+
+def test_direction_free_video_moves_at_the_default_speed_and_stays_in_frame():
+    size, frames = 64, 8
+    spec = toy_video_spec(3, np.random.default_rng([1, 0, 3]), size, "direction_free", (0.167, 0.207))
+    assert spec.direction == "left"
+    video = render_toy_video(spec, size, frames).astype(np.float64).max(axis=-1)
+    columns = np.arange(size)
+    centroid_x = (video.sum(axis=1) * columns).sum(axis=1) / video.sum(axis=(1, 2))
+    per_frame = -np.diff(centroid_x)  # moving left
+    # the default data's 55-68% of the width over 23 intervals = 1.5-1.9 px per frame
+    assert np.all((per_frame > 1.4) & (per_frame < 2.0))
+    assert (
+        np.ptp(video.sum(axis=(1, 2))) < 0.01 * video.sum(axis=(1, 2)).mean()
+    )  # never clipped by the border
+
+
+def test_toy_geometry_settings_are_checked_and_recorded(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"toy_shards\.start"):
+        ShapesShardSet(str(tmp_path / "a"), start="middle")
+    with pytest.raises(ValueError, match=r"toy_shards\.travel_fraction"):
+        ShapesShardSet(str(tmp_path / "a"), travel_fraction=(0.7, 0.5))
+    options = {"train_samples": 2, "val_samples": 1, "samples_per_shard": 2, "num_frames": 8}
+    root = tmp_path / "shapes"
+    ShapesShardSet(str(root), **options).generate()
+    # a settings file written before `start` / `travel_fraction` existed holds the defaults implicitly
+    settings_path = root / "shapes_settings.json"
+    recorded = json.loads(settings_path.read_text())
+    settings_path.write_text(
+        json.dumps({k: v for k, v in recorded.items() if k not in ("start", "travel_fraction")})
+    )
+    ShapesShardSet(str(root), **options).generate()
+    with pytest.raises(ValueError, match="generated with"):
+        ShapesShardSet(str(root), **options, start="direction_free", travel_fraction=(0.2, 0.25)).generate()
+
+
 def data_config(name: str, tmp_path: Path, **overrides):
     """conf/data/<name>.yaml with the config nodes it interpolates (paths, resolution, seed) filled in."""
     root = OmegaConf.create(
@@ -145,3 +222,18 @@ def test_webvid_config_instantiates_with_stride_or_fps(tmp_path: Path):
         InstantiationException, match=r"exactly one of data\.frame_stride and data\.target_fps"
     ):
         instantiate(data_config("webvid", tmp_path, target_fps=8))
+
+
+def test_make_toy_data_script_passes_the_geometry_options(tmp_path: Path):
+    from scripts.make_toy_data import main
+
+    out = tmp_path / "free"
+    sizes = ["--train-samples", "2", "--val-samples", "1", "--num-frames", "8"]
+    main(["--out", str(out), *sizes, "--start", "direction_free", "--travel-fraction", "0.167", "0.207"])
+    settings = json.loads((out / "shapes_settings.json").read_text())
+    assert (settings["start"], settings["travel_fraction"], settings["num_frames"]) == (
+        "direction_free",
+        [0.167, 0.207],
+        8,
+    )
+    assert (out / "train" / "00000.tar").exists() and (out / "val" / "00000.tar").exists()
