@@ -166,7 +166,6 @@ def toy_sample_factory(
     """`(index, key) -> ShardSample` making toy video `index` of `split` as an H.264 mp4."""
     if split not in _SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLITS)}")
-    check_toy_geometry(start, travel_fraction)
 
     def make_sample(index: int, key: str) -> ShardSample:
         rng = np.random.default_rng([seed, _SPLITS[split], index])
@@ -217,7 +216,8 @@ class ShapesShardSet:
     ) -> None:
         if len(travel_fraction) != 2:
             raise ValueError(f"toy_shards.travel_fraction must be [low, high], got {list(travel_fraction)}")
-        check_toy_geometry(start, (float(travel_fraction[0]), float(travel_fraction[1])))
+        fraction = (float(travel_fraction[0]), float(travel_fraction[1]))
+        check_toy_geometry(start, fraction)  # at construction, before any shard is written
         self.root = Path(root)
         self.train_samples = train_samples
         self.val_samples = val_samples
@@ -227,7 +227,7 @@ class ShapesShardSet:
         self.fps = fps
         self.seed = seed
         self.start = start
-        self.travel_fraction = (float(travel_fraction[0]), float(travel_fraction[1]))
+        self.travel_fraction = fraction
 
     @property
     def train_dir(self) -> Path:

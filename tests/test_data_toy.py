@@ -121,11 +121,12 @@ def _start_along(spec) -> float:
 
 
 def test_path_end_start_tells_the_direction_and_direction_free_does_not():
-    size, count = 64, 4 * 84
-    rngs = [np.random.default_rng([5, 0, index]) for index in range(count)]
-    path_end = [toy_video_spec(index, rng, size) for index, rng in enumerate(rngs)]
-    rngs = [np.random.default_rng([5, 0, index]) for index in range(count)]
-    free = [toy_video_spec(i, rng, size, "direction_free", (0.167, 0.207)) for i, rng in enumerate(rngs)]
+    size = 64
+
+    def specs(*geometry):
+        return [toy_video_spec(i, np.random.default_rng([5, 0, i]), size, *geometry) for i in range(4 * 84)]
+
+    path_end, free = specs(), specs("direction_free", (0.167, 0.207))
 
     def mean_start(specs, direction):
         return np.mean([_start_along(s) for s in specs if s.direction == direction])
@@ -151,9 +152,8 @@ def test_direction_free_video_moves_at_the_default_speed_and_stays_in_frame():
     per_frame = -np.diff(centroid_x)  # moving left
     # the default data's 55-68% of the width over 23 intervals = 1.5-1.9 px per frame
     assert np.all((per_frame > 1.4) & (per_frame < 2.0))
-    assert (
-        np.ptp(video.sum(axis=(1, 2))) < 0.01 * video.sum(axis=(1, 2)).mean()
-    )  # never clipped by the border
+    mass = video.sum(axis=(1, 2))
+    assert np.ptp(mass) < 0.01 * mass.mean()  # never clipped by the border
 
 
 def test_toy_geometry_settings_are_checked_and_recorded(tmp_path: Path):
