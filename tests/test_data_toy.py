@@ -24,6 +24,7 @@ from datamodules.toy_shapes import (
 )
 from datamodules.video_datamodule import VideoDataModule
 from datamodules.video_decoding import decode_clip
+from tests.conftest import compose_config
 
 CONF_DATA = Path(__file__).resolve().parent.parent / "conf" / "data"
 NUM_TOY_VIDEOS = 2 * len(COLORS) * len(SHAPES) * len(DIRECTIONS)  # 168: every combination twice
@@ -237,3 +238,32 @@ def test_make_toy_data_script_passes_the_geometry_options(tmp_path: Path):
         8,
     )
     assert (out / "train" / "00000.tar").exists() and (out / "val" / "00000.tar").exists()
+
+
+def test_direction_free_data_config_makes_clips_that_are_whole_videos(tmp_path: Path):
+    # a clip starting later than the video's frame 0 shows a shape already moved its way: the cue comes back
+    cfg = compose_config(
+        "train",
+        [
+            "data=shapes_direction_free",
+            "data.toy_shards.train_samples=8",
+            "data.toy_shards.val_samples=4",
+            "data.toy_shards.samples_per_shard=4",
+            "data.samples_per_epoch=8",
+            "data.val_samples=4",
+            "data.batch_size=4",
+            "resolution=toy32",
+        ],
+        tmp_path,
+    )
+    assert cfg.data.toy_shards.start == "direction_free"
+    assert cfg.data.num_frames == cfg.data.toy_shards.num_frames == 8
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    root = tmp_path / "data" / "shapes_direction_free"
+    assert json.loads((root / "shapes_settings.json").read_text())["start"] == "direction_free"
+    assert not (tmp_path / "data" / "shapes").exists()  # the default data stays as it is
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["video"].shape == (4, 8, 3, 32, 32)
+    assert score_batch(batch["video"], batch["caption"])["joint_accuracy"] == 1.0
