@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
+from hydra.errors import OverrideParseException
 from torch import nn
 
 from modules.training.condition_dropout import drop_conditions
 from modules.training.ema import ExponentialMovingAverage
 from modules.training.lr_schedules import constant_with_warmup, cosine_with_warmup
+from tests.conftest import compose_config
 
 
 def test_ema_matches_closed_form_without_warmup():
@@ -136,6 +138,27 @@ def test_condition_dropout_group_drops_its_members_together():
     assert ref_dropped.float().mean().item() == pytest.approx(0.37, abs=0.025)
     assert anchor_dropped.float().mean().item() == pytest.approx(0.37, abs=0.025)
     assert torch.equal(out["text"], cond["text"])
+
+
+def test_a_group_entry_is_set_from_the_command_line_by_merging_a_mapping(tmp_path):
+    # the override form conf/model/artv.yaml documents: a dotted key with "+" is not in Hydra's grammar
+    cfg = compose_config(
+        "train", ["model=artv", "++model.condition_dropout={reference+anchor:0.3}"], tmp_path
+    )
+    assert dict(cfg.model.condition_dropout) == {
+        "reference": 0.1,
+        "anchor": 0.1,
+        "text": 0.1,
+        "reference+anchor": 0.3,
+    }
+    toy = compose_config(
+        "train", ["experiment=toy_artv", "model.condition_dropout={reference+anchor:0.45}"], tmp_path
+    )
+    assert toy.model.condition_dropout["reference+anchor"] == 0.45
+    with pytest.raises(OverrideParseException):
+        compose_config(
+            "train", ["experiment=toy_artv", "model.condition_dropout.reference+anchor=0.45"], tmp_path
+        )
 
 
 @pytest.mark.parametrize("entry", ["reference+", "text+text", "+anchor"])
