@@ -25,7 +25,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import Tensor
 
-from datamodules.toy_shapes import COLORS, DIRECTIONS, SHAPES, toy_caption
+from datamodules.toy_scorer import parse_caption
+from datamodules.toy_shapes import COLORS, DIRECTIONS, SHAPES
+from modules.evaluation.prompts import toy_prompts
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ATTRIBUTES = {"colour": tuple(COLORS), "shape": SHAPES, "direction": tuple(DIRECTIONS)}
@@ -33,11 +35,8 @@ ATTRIBUTES = {"colour": tuple(COLORS), "shape": SHAPES, "direction": tuple(DIREC
 
 def toy_captions() -> tuple[list[str], list[dict[str, str]]]:
     """The 84 toy captions and, for each, its attribute values (`{"colour": "red", "shape": ..., ...}`)."""
-    captions, labels = [], []
-    for color, shape, direction in itertools.product(COLORS, SHAPES, DIRECTIONS):
-        captions.append(toy_caption(color, shape, direction))
-        labels.append({"colour": color, "shape": shape, "direction": direction})
-    return captions, labels
+    captions = toy_prompts()
+    return captions, [dict(zip(ATTRIBUTES, parse_caption(caption), strict=True)) for caption in captions]
 
 
 def class_mean_distances(
