@@ -153,7 +153,8 @@ def test_toy_experiment_trains_and_generates_through_the_shared_module(tmp_path)
     # the toy samples deterministically (the ancestral noise whitens the tiny model's colours); the paper
     # experiment keeps DPM++ 2S ancestral (test below)
     assert cfg.sampler._target_.endswith("DDIMSampler") and cfg.sampler.eta == 0.0
-    assert dict(cfg.guidance.weights) == {"reference": 0.25, "anchor": 0.25, "text": 4.0}
+    # eq. (1) weights as the paper (ART-V supplementary, Inference)
+    assert dict(cfg.guidance.weights) == {"reference": 0.25, "anchor": 0.25, "text": 6.5}
     module = instantiate(cfg.model)
     num_frames, size = cfg.data.num_frames, cfg.resolution.height
     batch = {
