@@ -1,9 +1,9 @@
-"""Generate the toy "shapes" shards ahead of time (training does it on first use anyway).
+r"""Generate the toy "shapes" shards ahead of time (training does it on first use anyway).
 
     python scripts/make_toy_data.py --out data/shapes
     python scripts/make_toy_data.py --out /tmp/shapes --train-samples 256 --val-samples 32
     python scripts/make_toy_data.py --out data/shapes_direction_free --num-frames 8 --start direction_free \
-        --travel-fraction 0.167 0.207 --train-samples 3072      # the shards of data=shapes_direction_free
+        --travel-fraction 0.26 0.30 --train-samples 3072      # the shards of data=shapes_direction_free
 
 The defaults equal conf/data/shapes.yaml's `toy_shards`, so shards made here are the ones `data=shapes`
 expects under `${paths.data_dir}/shapes`; the third line makes those conf/data/shapes_direction_free.yaml expects.

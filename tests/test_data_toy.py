@@ -157,6 +157,24 @@ def test_direction_free_video_moves_at_the_default_speed_and_stays_in_frame():
     assert np.ptp(mass) < 0.01 * mass.mean()  # never clipped by the border
 
 
+def test_direction_free_config_moves_every_shape_its_whole_travel_within_the_frame(tmp_path: Path):
+    # conf/data/shapes_direction_free.yaml's travel is near the longest path that fits both ways: a setting past it
+    # would be shortened silently for the larger shapes, so check the drawn paths of every shape size
+    cfg = compose_config("train", ["data=shapes_direction_free"], tmp_path).data.toy_shards
+    low, high = cfg.travel_fraction
+    size = cfg.size
+    for index in range(2 * 84):
+        spec = toy_video_spec(index, np.random.default_rng([7, 0, index]), size, cfg.start, (low, high))
+        assert low * size <= spec.travel <= high * size  # not shortened to fit
+        video = render_toy_video(spec, size, cfg.num_frames).max(axis=-1)
+        assert video.sum(axis=(1, 2)).min() > 0  # drawn in every frame
+        border = np.concatenate([video[:, 0], video[:, -1], video[:, :, 0], video[:, :, -1]], axis=1)
+        assert not border.any(), f"sample {index} touches the frame border"  # so never clipped by it
+    # 7 steps of 2.4-2.7 px at 64 px: about 1.5x the default data's 1.5-1.9 px a frame
+    px_per_frame = np.array([low, high]) * size / (cfg.num_frames - 1)
+    assert px_per_frame.min() > 2.3 and px_per_frame.max() < 2.8
+
+
 def test_toy_geometry_settings_are_checked_and_recorded(tmp_path: Path):
     with pytest.raises(ValueError, match=r"toy_shards\.start"):
         ShapesShardSet(str(tmp_path / "a"), start="middle")
