@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from tests.test_reliability_resume import read_records, recorder_overrides, run_train, toy_data_dir
+from tests.helpers.train_runs import read_records, recorder_overrides, run_train, toy_data_dir
 
 TRAIN_SAMPLES = 16
 BATCH_SIZE = 4

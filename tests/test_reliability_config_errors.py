@@ -21,7 +21,7 @@ from modules.runtime.config_checks import (
 )
 from modules.training.video_diffusion_module import FROZEN_PREFIXES
 from tests.conftest import REPO_ROOT, compose_config
-from tests.test_reliability_resume import child_env, run_train, toy_data_dir
+from tests.helpers.train_runs import child_env, run_train, toy_data_dir
 
 
 def _train_fails(args: list[str], tmp_path: Path) -> str:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import CONF_DIR
-from tests.test_reliability_resume import compose_tiny, toy_data_dir
+from tests.helpers.train_runs import compose_tiny, toy_data_dir
 
 PAPER_TO_TINY = [
     "backbone=tiny",

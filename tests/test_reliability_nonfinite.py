@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from modules.training.video_diffusion_module import NonFiniteLossError
-from tests.test_reliability_resume import compose_tiny, toy_data_dir
+from tests.helpers.train_runs import compose_tiny, toy_data_dir
 
 LIMIT = 3
 # batch 1 alone (the count restarts at batch 2), then batches 3-5: the third in a row raises

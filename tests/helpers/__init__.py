@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (probes, toy data, `train.py` runners)."""
