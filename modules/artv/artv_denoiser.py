@@ -97,7 +97,7 @@ class ARTVDenoiser(VideoDenoiser):
             copy where the noise hides the content (at high t, x0 = 0 is nearly the best guess), which scales
             Φdynamic's output and gradient by 1 - M ~ 0.03 exactly where the caption decides the frame: measured on
             the toy ART-V, M was 0.95-0.98 on the shape at t >= 800 with the reference dropped, and its text-to-video
-            first frame ignored the caption (docs/BENCHMARKS.md, toy_quality).
+            first frame ignored the caption (docs/experiments/2026-11-toy-runs.md).
         first_step_probability: share of training examples whose target is frame 1 (`select_training_frames`);
             None (the default) draws the target uniformly from frames 1..T-1. Ours.
     """
