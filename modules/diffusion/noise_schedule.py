@@ -52,7 +52,12 @@ class NoiseSchedule(nn.Module):
         self.linear_end = linear_end
 
         # betas = linspace(sqrt(beta_start), sqrt(beta_end), N) ** 2, in float64 like ldm / sgm
-        betas = torch.linspace(linear_start**0.5, linear_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+        betas = (
+            torch.linspace(
+                linear_start**0.5, linear_end**0.5, num_timesteps, dtype=torch.float64, device="cpu"
+            )
+            ** 2
+        )
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         # sigma(t) = sqrt((1 - a_t) / a_t): the k-diffusion noise level of DDPM step t
         sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()

@@ -54,7 +54,7 @@ class DDIMSampler(Sampler):
             raise ValueError(f"DDIMSampler: eta must be >= 0, got {eta} <sampler.eta>")
         self.eta = eta
 
-        ascending = torch.arange(0, num_timesteps, stride) + 1
+        ascending = torch.arange(0, num_timesteps, stride, device="cpu") + 1
         if len(ascending) != num_steps:
             log.warning(
                 "ldm 'uniform' DDIM spacing with stride %d gives %d steps, not %d <sampler.num_steps=%d>",

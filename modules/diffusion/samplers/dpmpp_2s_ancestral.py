@@ -55,9 +55,14 @@ class DPMPP2SAncestralSampler(Sampler):
         self.s_noise = s_noise
         # numpy's linspace(max_step, 0, n, endpoint=False) = arange(n) * ((0 - max_step) / n) + max_step,
         # truncated to int like `.astype(int)`; already in run order (highest timestep first)
-        spaced = torch.arange(num_steps, dtype=torch.float64) * ((0 - max_step) / num_steps) + max_step
+        spaced = (
+            torch.arange(num_steps, dtype=torch.float64, device="cpu") * ((0 - max_step) / num_steps)
+            + max_step
+        )
         self._timesteps = spaced.to(torch.int64)
-        self._sigmas = torch.cat([schedule.sigmas_f64[self._timesteps], torch.zeros(1, dtype=torch.float64)])
+        self._sigmas = torch.cat(
+            [schedule.sigmas_f64[self._timesteps], torch.zeros(1, dtype=torch.float64, device="cpu")]
+        )
 
     def timesteps(self) -> Tensor:
         """DDPM steps in the order sampling visits them (n = 50: 999, 979, ..., 19), int64."""
