@@ -30,9 +30,11 @@ from modules.evaluation.report import EvaluationReport, write_report
 from modules.evaluation.video_folder import generated_videos, iter_video_batches
 from modules.evaluation.video_metric import resolve_device
 from modules.runtime.config_checks import check_config
+from modules.runtime.run_directory import register_resolvers
 from modules.runtime.sampling import build_model_for_sampling
 
 log = logging.getLogger("eval")
+register_resolvers()
 
 
 def generate_protocol_videos(cfg: DictConfig, device: torch.device) -> Path:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from datamodules.mp4_encoding import write_video
 from modules.pos.pos_sampling import build_pos_generator
 from modules.runtime.config_checks import check_config
+from modules.runtime.run_directory import register_resolvers
 from modules.runtime.sampling import (
     build_model_for_sampling,
     load_first_frame,
@@ -29,6 +30,7 @@ from modules.runtime.sampling import (
 )
 
 log = logging.getLogger("sample")
+register_resolvers()
 
 
 def sample(cfg: DictConfig) -> list[Path]:

@@ -1,31 +1,47 @@
 """Train a text-to-video diffusion model.
 
 python train.py                                          # tiny SCVideo on toy data, CPU
-python train.py experiment=scvideo_webvid256 trainer=a100x4
+python train.py model=artv                               # tiny ART-V on toy data, CPU
+python train.py experiment=scvideo_webvid256 trainer=a100x4 run_name=scvideo256 ckpt_path=auto  # resumable paper run
 python train.py -m model=scvideo,artv resolution=256,320 # a sweep
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from modules.runtime.checkpoint_discovery import resolve_resume_path
-from modules.runtime.config_checks import check_checkpoint_matches, check_config
+from modules.runtime.config_checks import check_checkpoint_matches, check_config, check_resume_config
 from modules.runtime.instantiation import instantiate_callbacks, instantiate_loggers
+from modules.runtime.run_directory import plan_resume, register_resolvers
 
 log = logging.getLogger("train")
+register_resolvers()
+
+
+def _launch_overrides() -> list[str]:
+    """The command line's overrides (what identifies a run for `ckpt_path=auto`); none outside a Hydra app."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Compose -> instantiate -> fit; returns the final callback metrics."""
     check_config(cfg)
+    ckpt_path = None
+    if cfg.get("train"):
+        plan = plan_resume(
+            cfg.get("ckpt_path"), cfg.paths.output_dir, _launch_overrides(), named=bool(cfg.get("run_name"))
+        )
+        cfg.paths.output_dir = str(
+            plan.output_dir
+        )  # an earlier run of the same command continues in its directory
+        ckpt_path = plan.ckpt_path
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
@@ -36,8 +52,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=instantiate_loggers(cfg.get("logger")),
     )
     if cfg.get("train"):
-        ckpt_path = resolve_resume_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir) / "checkpoints")
         check_checkpoint_matches(model, ckpt_path)
+        check_resume_config(cfg, ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1

@@ -20,9 +20,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modules.evaluation.caption_probe import caption_probe
+from modules.runtime.run_directory import register_resolvers
 from modules.runtime.sampling import build_model_for_sampling
 
 log = logging.getLogger("probe_captions")
+register_resolvers()
 
 
 def probe_batch(cfg: DictConfig) -> tuple[torch.Tensor, list[str]]:

@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from modules.runtime.run_directory import register_resolvers
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+register_resolvers()  # what the entry points register before Hydra composes
 
 
 @pytest.fixture(autouse=True)

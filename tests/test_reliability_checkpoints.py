@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from modules.runtime.checkpoint_discovery import is_complete_checkpoint
 from modules.runtime.instantiation import instantiate_callbacks
-from tests.test_reliability_resume import (
+from tests.helpers.train_runs import (
     compose_tiny,
     load_checkpoint,
     read_records,
@@ -30,7 +30,11 @@ from tests.test_reliability_resume import (
     toy_data_dir,
 )
 
-CHECKPOINT_EVERY_STEP = ["callbacks.model_checkpoint.every_n_train_steps=1", "trainer.limit_val_batches=0"]
+CHECKPOINT_EVERY_STEP = [
+    "callbacks.model_checkpoint.every_n_train_steps=1",
+    "trainer.limit_val_batches=0",
+    "model.lr_scheduler.total_steps=4",  # a resume with a larger max_steps keeps the cosine schedule's length
+]
 
 
 def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, tmp_path_factory, monkeypatch):

@@ -18,7 +18,7 @@ import lightning as L
 import pytest
 
 from callbacks.preemption_checkpoint import PreemptionCheckpoint
-from tests.test_reliability_resume import (
+from tests.helpers.train_runs import (
     REPO_ROOT,
     TINY,
     child_env,
@@ -29,7 +29,11 @@ from tests.test_reliability_resume import (
     toy_data_dir,
 )
 
-LONG_RUN = ["trainer.max_steps=1000", "callbacks.model_checkpoint.every_n_train_steps=1000"]
+LONG_RUN = [
+    "trainer.max_steps=1000",
+    "callbacks.model_checkpoint.every_n_train_steps=1000",
+    "model.lr_scheduler.total_steps=1000",  # the resume below changes max_steps, not the cosine schedule
+]
 
 
 def _wait_for_batches(records: Path, count: int, process: subprocess.Popen, timeout: float) -> None:
@@ -103,7 +107,7 @@ class SignalAtStep(L.Callback):
 def test_sigusr1_in_process_saves_at_the_batch_boundary_and_restores_handlers(tmp_path, tmp_path_factory):
     from hydra.utils import instantiate
 
-    from tests.test_reliability_resume import compose_tiny
+    from tests.helpers.train_runs import compose_tiny
 
     cfg = compose_tiny(
         tmp_path, toy_data_dir(tmp_path_factory), ["trainer.max_steps=50", "trainer.limit_val_batches=0"]

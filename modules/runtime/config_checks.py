@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from webdataset.shardlists import expand_urls
 
@@ -114,3 +115,66 @@ def check_config(cfg: DictConfig) -> None:
     """Run every check; raises ConfigError with the offending key."""
     check_resolution(cfg)
     check_data_paths(cfg)
+
+
+# config keys that define what a checkpoint's weights and data stream mean: a resume must not change them
+RESUME_IDENTITY_KEYS = (
+    "model",
+    "schedule",
+    "seed",
+    "data.num_frames",
+    "data.frame_stride",
+    "data.target_fps",
+)
+# ... except these, which only affect sampling or name files that may move between machines
+RESUME_FREE_KEYS = ("model.sampler", "model.guidance", "model.pretrained", "model.net.pretrained")
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: node}
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _stored_run_config(ckpt_path: str) -> dict[str, Any] | None:
+    """The run config stored with a checkpoint file, or with a sharded checkpoint directory's `meta.pt`."""
+    path = Path(ckpt_path)
+    meta = path / "meta.pt" if path.is_dir() else path
+    if not meta.is_file():
+        return None
+    return torch.load(meta, map_location="cpu", weights_only=True, mmap=not path.is_dir()).get("run_config")
+
+
+def check_resume_config(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """A resumed run must keep the model, schedule, seed and clip layout it was trained with: the first key that
+    differs from the checkpoint's stored run config is named. Steps, time, trainer, paths and sampling may change."""
+    if ckpt_path is None:
+        return
+    stored = _stored_run_config(ckpt_path)
+    if stored is None:
+        return
+    current = OmegaConf.to_container(cfg, resolve=True)
+
+    def identity(config: dict[str, Any]) -> dict[str, Any]:
+        flat = _flatten(config, "")
+        return {
+            key: value
+            for key, value in flat.items()
+            if _under(key, RESUME_IDENTITY_KEYS) and not _under(key, RESUME_FREE_KEYS)
+        }
+
+    trained, now = identity(stored), identity(current)
+    for key in sorted(set(trained) | set(now)):
+        if trained.get(key, "<unset>") != now.get(key, "<unset>"):
+            raise ConfigError(
+                f"{key}={now.get(key, '<unset>')!r} but ckpt_path={ckpt_path} was trained with "
+                f"{trained.get(key, '<unset>')!r}: resume with the same value, or start a new run (a new run_name, "
+                "ckpt_path=null)"
+            )
