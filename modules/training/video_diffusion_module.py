@@ -109,11 +109,11 @@ class VideoDiffusionModule(L.LightningModule):
         )
         self.run_config: dict[str, Any] | None = None
         self._null_text: Tensor | None = None
-        self._skip_this_step = False
+        self._window_finite: Tensor | None = None  # all losses of the current accumulation window finite
         self._consecutive_nonfinite = 0
         self.register_buffer("skipped_nonfinite_steps", torch.zeros((), dtype=torch.long))
         # base of the per-batch training seeds (drawn from the run's seeded RNG; kept in checkpoints)
-        self.training_seed = int(torch.randint(0, 2**62, ()).item())
+        self.training_seed = int(torch.randint(0, 2**62, (), device="cpu").item())
 
     # ---- frozen parts -------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> VideoDiffusionModule:
@@ -198,44 +198,54 @@ class VideoDiffusionModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         with self.training_randomness():
             loss = self.diffusion_loss(batch)
-        finite = bool(torch.isfinite(loss).item())
-        self._skip_this_step = not self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if self._skip_this_step:
-            self.skipped_nonfinite_steps += 1
-            self._consecutive_nonfinite += 1
-            log.warning(
-                "non-finite loss at step %d: skipping the optimizer step (%d in a row, limit %d "
-                "<model.max_consecutive_nonfinite>)",
-                self.global_step,
-                self._consecutive_nonfinite,
-                self.max_consecutive_nonfinite,
-            )
-            if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
-                raise NonFiniteLossError(
-                    f"{self._consecutive_nonfinite} consecutive non-finite losses (limit "
-                    f"model.max_consecutive_nonfinite={self.max_consecutive_nonfinite}); lower the learning rate "
-                    "or check the data"
-                )
-            loss = torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-        else:
-            self._consecutive_nonfinite = 0
+        # whether every micro-batch of this accumulation window had a finite loss; decided in `optimizer_step`
+        finite = torch.isfinite(loss.detach())
+        self._window_finite = finite if self._window_finite is None else self._window_finite & finite
         batch_size = len(batch["caption"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log(
+            "train/loss",
+            torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0),
+            prog_bar=True,
+            batch_size=batch_size,
+        )
         self.log("train/skipped_nonfinite", self.skipped_nonfinite_steps.float(), batch_size=batch_size)
         return loss
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
     ) -> None:
-        """Run forward/backward, then step unless the loss was non-finite on any rank; the EMA follows every
-        optimizer step here, before any `on_train_batch_end` hook, so a checkpoint written there (ModelCheckpoint,
-        PreemptionCheckpoint) holds weights and EMA of the same step."""
+        """Run the window's last forward/backward, then step unless any micro-batch of the accumulation window
+        had a non-finite loss on any rank (one decision per optimizer step, the same on every rank); the EMA follows
+        every optimizer step here, before any `on_train_batch_end` hook, so a checkpoint written there
+        (ModelCheckpoint, PreemptionCheckpoint) holds weights and EMA of the same step."""
         optimizer_closure()
-        if self._skip_this_step:
-            optimizer.zero_grad(set_to_none=True)
+        window_finite = self._window_finite is None or bool(self._window_finite)
+        self._window_finite = None
+        if not self.trainer.strategy.reduce_boolean_decision(window_finite, all=True):
+            self.skip_nonfinite_step(optimizer)
             return
+        self._consecutive_nonfinite = 0
         optimizer.step()
         self.update_ema(self.trainer.strategy)
+
+    def skip_nonfinite_step(self, optimizer: Optimizer) -> None:
+        """Drop the window's gradients instead of stepping; stop after `max_consecutive_nonfinite` in a row."""
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        log.warning(
+            "non-finite loss at step %d: skipping the optimizer step (%d in a row, limit %d "
+            "<model.max_consecutive_nonfinite>)",
+            self.global_step,
+            self._consecutive_nonfinite,
+            self.max_consecutive_nonfinite,
+        )
+        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self._consecutive_nonfinite} consecutive non-finite losses (limit "
+                f"model.max_consecutive_nonfinite={self.max_consecutive_nonfinite}); lower the learning rate "
+                "or check the data"
+            )
 
     def update_ema(self, strategy: Strategy | None) -> None:
         """One EMA step of the trainable weights; under FSDP from the full parameters (modules/training/fsdp.py),
