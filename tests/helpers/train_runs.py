@@ -99,21 +99,30 @@ def compose_tiny(tmp_path: Path, data_dir: Path, overrides: Sequence[str]):
     return cfg
 
 
-def run_train(
-    args: Sequence[str], run_dir: Path, data_dir: Path, timeout: float = 120.0
-) -> subprocess.CompletedProcess:
-    """`python train.py` with the tiny overrides in a child process, one thread per process."""
-    command = [
+def train_command(args: Sequence[str], data_dir: Path, log_dir: Path) -> list[str]:
+    """`python train.py` with the tiny overrides, the shared toy data and runs under `log_dir`."""
+    return [
         sys.executable,
         "train.py",
         *TINY,
         f"paths.data_dir={data_dir}",
-        f"paths.log_dir={run_dir.parent / 'logs'}",
-        f"hydra.run.dir={run_dir}",
+        f"paths.log_dir={log_dir}",
         *args,
     ]
+
+
+def run_train(
+    args: Sequence[str], run_dir: Path, data_dir: Path, timeout: float = 120.0
+) -> subprocess.CompletedProcess:
+    """`python train.py` with the tiny overrides in a child process writing to `run_dir`, one thread per process."""
+    command = train_command([f"hydra.run.dir={run_dir}", *args], data_dir, run_dir.parent / "logs")
+    return run_command(command, timeout)
+
+
+def run_command(command: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run an entry point from the repository root with `child_env`, capturing its output."""
     return subprocess.run(
-        command, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
+        list(command), cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
