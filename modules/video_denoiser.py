@@ -46,9 +46,15 @@ class VideoDenoiser(nn.Module, ABC):
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """Predict the noise. x_t: latent of the training-example shape; t: int64 `[B]`."""
 
+    def training_frame_indices(self, batch: int, num_frames: int) -> Tensor | None:
+        """Which frames of each clip a training example reads, int64 `[B, F]`, drawn (with the current RNG) before
+        any frame is encoded, so that only those are; None (the default) = all T frames."""
+        return None
+
     @abstractmethod
-    def training_example(self, latents: Tensor) -> TrainingExample:
-        """Turn a clip of clean latents `[B, C, T, h, w]` into a target and its non-text conditions."""
+    def training_example(self, latents: Tensor, frame_indices: Tensor | None = None) -> TrainingExample:
+        """Turn clean latents into a target and its non-text conditions: the frames `frame_indices` (from
+        `training_frame_indices`) lists, `[B, C, F, h, w]`, or whole clips `[B, C, T, h, w]` when it is None."""
 
     @abstractmethod
     def generate(

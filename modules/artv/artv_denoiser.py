@@ -41,9 +41,11 @@ from modules.artv.autoregressive import generate_multi_prompt_video, generate_vi
 from modules.artv.masked_diffusion import masked_eps
 from modules.artv.reference_frames import (
     NUM_REFERENCE_FRAMES,
+    TrainingFrames,
     build_reference,
+    draw_training_frame_indices,
+    gather_frames,
     has_reference,
-    select_training_frames,
     unpack_reference,
 )
 from modules.checkpoints import (
@@ -98,7 +100,7 @@ class ARTVDenoiser(VideoDenoiser):
             Φdynamic's output and gradient by 1 - M ~ 0.03 exactly where the caption decides the frame: measured on
             the toy ART-V, M was 0.95-0.98 on the shape at t >= 800 with the reference dropped, and its text-to-video
             first frame ignored the caption (docs/experiments/2026-11-toy-runs.md).
-        first_step_probability: share of training examples whose target is frame 1 (`select_training_frames`);
+        first_step_probability: share of training examples whose target is frame 1 (`draw_training_frame_indices`);
             None (the default) draws the target uniformly from frames 1..T-1. Ours.
     """
 
@@ -260,24 +262,37 @@ class ARTVDenoiser(VideoDenoiser):
             )
 
     # ---- training -----------------------------------------------------------------------------------
-    def training_example(self, latents: Tensor) -> TrainingExample:
+    def training_frame_indices(self, batch: int, num_frames: int) -> Tensor:
+        """Per clip the anchor (frame 0), the references k-2 (clamped at 0) and k-1, and the target k, `[B, 4]`:
+        k ~ U{1..T-1}, or k = 1 with probability `first_step_probability`; seeded in eval mode, so validation
+        examples are reproducible. At most 4 distinct frames of a clip are ever encoded."""
+        generator = None if self.training else torch.Generator().manual_seed(VALIDATION_SEED)
+        return draw_training_frame_indices(batch, num_frames, generator, self.first_step_probability)
+
+    def training_example(self, latents: Tensor, frame_indices: Tensor | None = None) -> TrainingExample:
         """One target frame per clip with its reference and anchor conditions.
 
-        latents: clean clips `[B, C, T, h, w]` (T >= 2, sampled at 8 fps, Table 4). Returns x0 `[B, C, h, w]`
-        (frame k ~ U{1..T-1}, or k = 1 with probability `first_step_probability`) and cond
-        {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]} (frames k-2 clamped at 0 and k-1, noise-augmented
-        at a random level in training mode and at the inference level in eval mode; anchor: frame 0). In eval
-        mode the choices are seeded, so validation examples are reproducible.
+        latents: the clean latents of the frames `frame_indices` lists, `[B, C, 4, h, w]`, or, with frame_indices
+        None, whole clips `[B, C, T, h, w]` (T >= 2, sampled at 8 fps, Table 4) from which they are drawn here.
+        Returns x0 `[B, C, h, w]` (frame k) and cond {"reference": [B, 3C, h, w], "anchor": [B, C, h, w]}
+        (frames k-2 and k-1, noise-augmented at a random level in training mode and at the inference level in
+        eval mode; anchor: frame 0).
         """
+        if latents.ndim != 5:
+            raise ValueError(
+                f"ART-V training_example: latents must be [B, C, T, h, w], got {tuple(latents.shape)}"
+            )
         batch = latents.shape[0]
+        if frame_indices is None:
+            frame_indices = self.training_frame_indices(batch, latents.shape[2])
+            latents = gather_frames(latents, frame_indices)
         if self.training:
-            index_generator = noise_generator = None
+            noise_generator = None
             levels = torch.rand(batch) * self.reference_noise_level_train
         else:
-            index_generator = torch.Generator().manual_seed(VALIDATION_SEED)
             noise_generator = torch.Generator(device=latents.device).manual_seed(VALIDATION_SEED)
             levels = torch.full((batch,), self.reference_noise_level_inference)
-        frames = select_training_frames(latents, index_generator, self.first_step_probability)
+        frames = TrainingFrames.from_latents(latents)
         reference = build_reference(frames.earlier_reference, frames.previous_frame, levels, noise_generator)
         return TrainingExample(x0=frames.target, cond={"reference": reference, "anchor": frames.anchor})
 

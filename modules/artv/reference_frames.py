@@ -26,13 +26,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 NUM_REFERENCE_FRAMES = 2
 
 
+# the frames of one training example, in the order `draw_training_frame_indices` lists them
+ANCHOR, EARLIER_REFERENCE, PREVIOUS_FRAME, TARGET = range(4)
+
+
 @dataclass
-class FrameSelection:
+class TrainingFrames:
     """Frames of one training example, each `[B, C, h, w]`."""
 
     target: Tensor
@@ -40,24 +45,32 @@ class FrameSelection:
     previous_frame: Tensor
     anchor: Tensor
 
+    @classmethod
+    def from_latents(cls, latents: Tensor) -> TrainingFrames:
+        """Latents of the frames `draw_training_frame_indices` lists, `[B, C, 4, h, w]`."""
+        return cls(
+            target=latents[:, :, TARGET],
+            earlier_reference=latents[:, :, EARLIER_REFERENCE],
+            previous_frame=latents[:, :, PREVIOUS_FRAME],
+            anchor=latents[:, :, ANCHOR],
+        )
 
-def select_training_frames(
-    latents: Tensor,
+
+def draw_training_frame_indices(
+    batch: int,
+    num_frames: int,
     generator: torch.Generator | None = None,
     first_step_probability: float | None = None,
-) -> FrameSelection:
-    """Pick per sample a target k in 1..T-1, references k-2 (clamped at 0) and k-1, and frame 0 as anchor.
+) -> Tensor:
+    """Pick per clip a target k in 1..T-1, references k-2 (clamped at 0) and k-1, and frame 0 as anchor.
 
-    latents: clean latent clips `[B, C, T, h, w]` with T >= 2. generator: CPU generator for k (None: global RNG).
-    first_step_probability: None draws k uniformly from 1..T-1; p draws k = 1 with probability p and otherwise
-    uniformly from 2..T-1 (T >= 3). k = 1 is the one step whose references (frame 0 twice) show no motion, so
-    its motion comes from the text alone; uniform k gives it 1 / (T - 1) of the examples.
+    Returns int64 indices `[B, 4]` in the order (anchor, earlier reference, previous frame, target), on the CPU,
+    drawn before any frame is encoded so that only these frames are (`VideoDiffusionModule.encode_clip_frames`).
+    generator: CPU generator for k (None: global RNG). first_step_probability: None draws k uniformly from 1..T-1;
+    p draws k = 1 with probability p and otherwise uniformly from 2..T-1 (T >= 3). k = 1 is the one step whose
+    references (frame 0 twice) show no motion, so its motion comes from the text alone; uniform k gives it
+    1 / (T - 1) of the examples.
     """
-    if latents.ndim != 5:
-        raise ValueError(
-            f"ART-V training_example: latents must be [B, C, T, h, w], got {tuple(latents.shape)}"
-        )
-    batch, num_frames = latents.shape[0], latents.shape[2]
     if num_frames < 2:
         raise ValueError(
             f"ART-V training_example: clips need at least 2 frames (a reference and a target), got T={num_frames} "
@@ -74,18 +87,15 @@ def select_training_frames(
         first_step = torch.rand(batch, generator=generator) < first_step_probability
         later = torch.randint(2, num_frames, (batch,), generator=generator)
         target_index = torch.where(first_step, torch.ones_like(later), later)
-    target_index = target_index.to(latents.device)
-    samples = torch.arange(batch, device=latents.device)
+    anchor = torch.zeros_like(target_index)
+    return torch.stack([anchor, (target_index - 2).clamp(min=0), target_index - 1, target_index], dim=1)
 
-    def frames_at(index: Tensor) -> Tensor:
-        return latents[samples, :, index]
 
-    return FrameSelection(
-        target=frames_at(target_index),
-        earlier_reference=frames_at((target_index - 2).clamp(min=0)),
-        previous_frame=frames_at(target_index - 1),
-        anchor=latents[:, :, 0],
-    )
+def gather_frames(clips: Tensor, frame_indices: Tensor) -> Tensor:
+    """Per-clip frames: clips `[B, C, T, h, w]`, indices `[B, F]` -> `[B, C, F, h, w]`."""
+    samples = torch.arange(clips.shape[0], device=clips.device)[:, None]
+    picked = clips[samples, :, frame_indices.to(clips.device)]  # advanced indices first: [B, F, C, h, w]
+    return rearrange(picked, "b f c h w -> b c f h w")
 
 
 def augment_with_noise(frames: Tensor, levels: Tensor, generator: torch.Generator | None = None) -> Tensor:

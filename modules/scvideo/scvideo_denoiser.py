@@ -118,8 +118,9 @@ class SCVideoDenoiser(VideoDenoiser):
         return text
 
     # ---- training and generation --------------------------------------------------------------------
-    def training_example(self, latents: Tensor) -> TrainingExample:
-        """The whole clip `[B, C, T, h, w]` is the target; text is the only condition."""
+    def training_example(self, latents: Tensor, frame_indices: Tensor | None = None) -> TrainingExample:
+        """The whole clip `[B, C, T, h, w]` is the target (every frame: `training_frame_indices` is None); text is
+        the only condition."""
         if latents.ndim != 5:
             raise ValueError(f"SCVideoDenoiser: latents must be [B, C, T, h, w], got {list(latents.shape)}")
         return TrainingExample(x0=latents, cond={})

@@ -130,6 +130,19 @@ class VideoDiffusionModule(L.LightningModule):
         )
 
     @torch.no_grad()
+    def encode_clip_frames(self, video: Tensor, frame_indices: Tensor | None) -> Tensor:
+        """Pixels `[B, T, 3, H, W]` -> scaled latents `[B, C, F, h, w]` of the frames `frame_indices` `[B, F]` (all T
+        when None); a frame listed twice in a clip is encoded once."""
+        if frame_indices is None:
+            return self.encode_video(video)
+        batch, num_frames = video.shape[:2]
+        flat = (torch.arange(batch)[:, None] * num_frames + frame_indices.cpu()).flatten()
+        distinct, inverse = torch.unique(flat, return_inverse=True)
+        frames = rearrange(video, "b t c h w -> (b t) c h w")[distinct.to(video.device)]
+        latents = self.encode_video(frames[:, None])[:, :, 0]  # [N, C, h, w], one per distinct frame
+        return rearrange(latents[inverse.to(latents.device)], "(b f) c h w -> b c f h w", b=batch)
+
+    @torch.no_grad()
     def decode_video(self, latents: Tensor) -> Tensor:
         """Latents `[B, C, T, h, w]` -> pixels `[B, T, 3, H, W]` clamped to [-1, 1]."""
         video = self.first_stage.decode_video(latents, chunk_size=self.vae_chunk_frames)
@@ -150,8 +163,9 @@ class VideoDiffusionModule(L.LightningModule):
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         """eps-prediction MSE (ART-V supplementary Table 4; SCVideo follows SD), Min-SNR-weighted per sample when
         `min_snr_gamma` is set."""
-        latents = self.encode_video(batch["video"])
-        example = self.net.training_example(latents)
+        video = batch["video"]
+        frame_indices = self.net.training_frame_indices(video.shape[0], video.shape[1])
+        example = self.net.training_example(self.encode_clip_frames(video, frame_indices), frame_indices)
         cond = {"text": self.encode_text(batch["caption"]), **example.cond}
         if self.training:
             cond = drop_conditions(
