@@ -29,7 +29,7 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from modules.blocks.attention import SpatialTransformer
 from modules.blocks.resnet import TimestepEmbedSequential
 from modules.scvideo.video_res_block import VideoResBlock
-from modules.training.fsdp import clean_parameter_name, fsdp_strategy, saves_sharded_checkpoints
+from modules.training.fsdp import clean_parameter_name, fsdp_strategy, loads_checkpoint_weights_itself
 from modules.training.video_diffusion_module import FROZEN_PREFIXES
 from tests.conftest import compose_config
 
@@ -73,19 +73,20 @@ def test_clean_parameter_name():
     assert clean_parameter_name(wrapped) == "unet.input_blocks.1.proj_in.weight"
 
 
-def test_sharded_checkpoints_keep_every_key(tmp_path):
-    """Lightning loads a sharded checkpoint strictly through torch.distributed.checkpoint (every model key) and
-    hands `on_load_checkpoint` no `state_dict`; other checkpoints leave the frozen encoders out."""
+def test_fsdp_checkpoints_keep_every_key(tmp_path):
+    """Lightning's FSDP strategy loads a sharded checkpoint (through torch.distributed.checkpoint) and a full one
+    strictly itself, every model key, and hands `on_load_checkpoint` no `state_dict`; other checkpoints leave the
+    frozen encoders out."""
     cfg = compose_config("train", [], tmp_path)
     model = instantiate(cfg.model)
     frozen = [key for key in model.state_dict() if key.startswith(FROZEN_PREFIXES)]
     assert frozen
     for strategy, kept in (
         (instantiate(compose_config("train", FSDP_CONFIG, tmp_path).trainer.strategy), True),
-        (fsdp_strategy(["modules.blocks.resnet.TimestepEmbedSequential"], state_dict_type="full"), False),
+        (fsdp_strategy(["modules.blocks.resnet.TimestepEmbedSequential"], state_dict_type="full"), True),
         (SingleDeviceStrategy("cpu"), False),
     ):
-        assert saves_sharded_checkpoints(strategy) is kept
+        assert loads_checkpoint_weights_itself(strategy) is kept
         model.trainer = SimpleNamespace(strategy=strategy)
         checkpoint = {"state_dict": model.state_dict()}
         model.on_save_checkpoint(checkpoint)

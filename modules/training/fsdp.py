@@ -126,12 +126,13 @@ def fsdp_strategy(
     )
 
 
-def saves_sharded_checkpoints(strategy: Strategy | None) -> bool:
-    """Whether `strategy` writes sharded checkpoints (FSDP with `state_dict_type: sharded`): a directory of
-    per-rank shards that Lightning loads back through `torch.distributed.checkpoint`, which wants every key of the
-    model's state dict."""
-    # Lightning keeps the setting in a private attribute; this is the one place that reads it
-    return isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
+def loads_checkpoint_weights_itself(strategy: Strategy | None) -> bool:
+    """Whether `strategy` loads a checkpoint's weights itself, strictly, before `on_load_checkpoint` could add the
+    keys a checkpoint leaves out: Lightning's FSDPStrategy does in `load_checkpoint`, for sharded checkpoints (a
+    directory of per-rank shards, through `torch.distributed.checkpoint`) and full ones (one file, the full state
+    dict, replicated submodules' keys included, loaded into the wrapped model) alike. Its checkpoints must hold
+    every key of the model's state dict."""
+    return isinstance(strategy, FSDPStrategy)
 
 
 def clean_parameter_name(name: str) -> str:

@@ -27,7 +27,7 @@ from modules.checkpoints.sd_checkpoint import load_sd_checkpoint
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.training.condition_dropout import drop_conditions
 from modules.training.ema import ExponentialMovingAverage
-from modules.training.fsdp import clean_parameter_name, full_parameters, saves_sharded_checkpoints
+from modules.training.fsdp import clean_parameter_name, full_parameters, loads_checkpoint_weights_itself
 from modules.video_denoiser import VideoDenoiser
 
 log = logging.getLogger(__name__)
@@ -392,10 +392,10 @@ class VideoDiffusionModule(L.LightningModule):
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint but sharded FSDP
-        ones (Lightning loads those strictly, key by key, through torch.distributed.checkpoint)."""
+        """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint but FSDP ones
+        (Lightning's FSDP strategy loads those itself, strictly, before `on_load_checkpoint`)."""
         state = checkpoint["state_dict"]
-        if not saves_sharded_checkpoints(self.trainer.strategy):
+        if not loads_checkpoint_weights_itself(self.trainer.strategy):
             for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
                 del state[key]
         if self.run_config is not None:
@@ -407,7 +407,7 @@ class VideoDiffusionModule(L.LightningModule):
         self.training_seed = int(checkpoint.get("training_seed", self.training_seed))
         self._consecutive_nonfinite = int(checkpoint.get("consecutive_nonfinite", 0))
         state = checkpoint.get("state_dict")
-        if state is None:  # a sharded FSDP checkpoint: the strategy has loaded the weights itself
+        if state is None:  # an FSDP checkpoint: the strategy has loaded every weight itself
             return
         for key, value in self.state_dict().items():
             if key.startswith(FROZEN_PREFIXES):
