@@ -93,3 +93,9 @@ class VideoDenoiser(nn.Module, ABC):
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The parameters the optimizer and the EMA see, after `configure_trainable`."""
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def frozen_weight_files(self) -> tuple[str, ...]:
+        """The files every frozen parameter (`requires_grad` False) was loaded from when this net was built; () when
+        some keep a random init. Checkpoints leave frozen parameters out only when they come from such files
+        (modules/checkpoints/frozen_weights.py); the default, nothing frozen from files, keeps them in."""
+        return ()

@@ -8,11 +8,10 @@ from urllib.parse import urlparse
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 from webdataset.shardlists import expand_urls
 
 from modules.checkpoints.strict_load import compare_state_dict
-from modules.training.video_diffusion_module import FROZEN_PREFIXES
+from modules.training.video_diffusion_module import VideoDiffusionModule
 
 
 class ConfigError(ValueError):
@@ -86,9 +85,11 @@ def check_data_paths(cfg: DictConfig) -> None:
             )
 
 
-def check_checkpoint_matches(model: nn.Module, ckpt_path: str | None) -> None:
+def check_checkpoint_matches(model: VideoDiffusionModule, ckpt_path: str | None) -> None:
     """The `state_dict` of the Lightning checkpoint `ckpt_path` must fit `model` key by key and shape by shape
-    (the frozen encoders, which checkpoints leave out, excepted). Sharded (directory) checkpoints are not checked."""
+    (the keys checkpoints leave out because the model rebuilds them excepted: the frozen encoders, and frozen net
+    weights whose fingerprint must match the model's, `backbone.pretrained`). Sharded (directory) checkpoints are
+    not checked."""
     if ckpt_path is None or Path(ckpt_path).is_dir():
         return
     # mmap: only the key and shape metadata is read here, not the tensors
@@ -98,8 +99,9 @@ def check_checkpoint_matches(model: nn.Module, ckpt_path: str | None) -> None:
         raise ConfigError(
             f"ckpt_path={ckpt_path} has no 'state_dict'; it is not a Lightning training checkpoint"
         )
+    model.check_frozen_weights(checkpoint, f"ckpt_path={ckpt_path}")
     report = compare_state_dict(model, state_dict, what="model", source=str(ckpt_path))
-    missing = [key for key in report.missing if not key.startswith(FROZEN_PREFIXES)]
+    missing = [key for key in report.missing if not model.leaves_out(key, checkpoint)]
     if not (missing or report.unexpected or report.shape_mismatches):
         return
     first = str(report.shape_mismatches[0]) if report.shape_mismatches else (missing or report.unexpected)[0]

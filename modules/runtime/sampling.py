@@ -95,6 +95,8 @@ def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
         trained.guidance = cfg.model.guidance
         model_cfg = trained
     model: VideoDiffusionModule = instantiate(model_cfg)
+    # frozen weights a checkpoint leaves out come from the pretrained file: it must be the one trained on
+    model.check_frozen_weights(checkpoint, str(checkpoint_path))
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     log.info("loaded %s (step %s) <ckpt_path>", checkpoint_path, checkpoint.get("global_step", "?"))

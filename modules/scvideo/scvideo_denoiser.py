@@ -59,6 +59,8 @@ class SCVideoDenoiser(VideoDenoiser):
                 f"SCVideo calls with its block factory; got {type(unet).__name__}"
             )
         self.trainable = trainable
+        self.pretrained = pretrained
+        self.temporal_weights = temporal_weights
         self.unet = unet(block_factory=SCVideoBlockFactory())
         if pretrained is not None:
             load_pretrained_unet(self.unet, pretrained)
@@ -72,6 +74,13 @@ class SCVideoDenoiser(VideoDenoiser):
     def trained_parameter_names(self) -> list[str]:
         """UNet keys of the parameters in the `trainable` set (what `save_temporal_weights` writes)."""
         return [key for key, _ in self.unet.named_parameters() if self._is_trained(key)]
+
+    def frozen_weight_files(self) -> tuple[str, ...]:
+        """`pretrained` (and `temporal_weights`, which may overwrite some): the strict SD load fills every parameter
+        outside the trainable set, as every new layer is in it."""
+        if self.pretrained is None:
+            return ()
+        return tuple(str(path) for path in (self.pretrained, self.temporal_weights) if path is not None)
 
     def configure_trainable(self) -> None:
         """requires_grad on the `trainable` set only; everything else frozen (excluded from optimizer and EMA)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,6 +23,12 @@ from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from modules.checkpoints.frozen_weights import (
+    FINGERPRINT_KEY,
+    FrozenWeightsFingerprint,
+    check_frozen_weights,
+    fingerprint_frozen_weights,
+)
 from modules.checkpoints.sd_checkpoint import load_sd_checkpoint
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.training.condition_dropout import drop_conditions
@@ -107,6 +113,7 @@ class VideoDiffusionModule(L.LightningModule):
             if ema_decay is not None
             else None
         )
+        self.frozen_net_keys, self.frozen_fingerprint = self.fingerprint_frozen_net()
         self.run_config: dict[str, Any] | None = None
         self._null_text: Tensor | None = None
         self._window_finite: Tensor | None = None  # all losses of the current accumulation window finite
@@ -391,12 +398,36 @@ class VideoDiffusionModule(L.LightningModule):
         return self.decode_video(latents), self.mask_video(masks)
 
     # ---- checkpoints --------------------------------------------------------------------------------
+    def fingerprint_frozen_net(self) -> tuple[frozenset[str], FrozenWeightsFingerprint | None]:
+        """The state-dict keys of the net's frozen parameters that checkpoints may leave out, and their fingerprint:
+        both empty / None unless the net rebuilds every frozen parameter from files (`frozen_weight_files`) and holds
+        real tensors (not the meta device). Called once at build, before any strategy wraps or shards the net."""
+        files = self.net.frozen_weight_files()
+        frozen = [(f"net.{name}", p) for name, p in self.net.named_parameters() if not p.requires_grad]
+        if not files or not frozen or any(p.is_meta for _, p in frozen):
+            return frozenset(), None
+        return frozenset(key for key, _ in frozen), fingerprint_frozen_weights(frozen, files)
+
+    def leaves_out(self, key: str, checkpoint: Mapping[str, Any]) -> bool:
+        """Whether a non-FSDP `checkpoint` of this model leaves out state-dict `key` because the model rebuilds it:
+        the frozen encoders, and the frozen net weights when the checkpoint carries their fingerprint."""
+        return key.startswith(FROZEN_PREFIXES) or (
+            FINGERPRINT_KEY in checkpoint and key in self.frozen_net_keys
+        )
+
+    def check_frozen_weights(self, checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> None:
+        """Refuse a checkpoint that left out frozen net weights other than those this model was built with."""
+        check_frozen_weights(checkpoint.get(FINGERPRINT_KEY), self.frozen_fingerprint, source)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen encoders are rebuilt from their own source; keep them out of every checkpoint but FSDP ones
-        (Lightning's FSDP strategy loads those itself, strictly, before `on_load_checkpoint`)."""
+        """What the model rebuilds from its own source stays out of every checkpoint but FSDP ones (Lightning's FSDP
+        strategy loads those itself, strictly, before `on_load_checkpoint`): the frozen encoders, and the frozen net
+        weights loaded from `backbone.pretrained` (SCVideo's `trainable: paper`), stored as a fingerprint."""
         state = checkpoint["state_dict"]
         if not loads_checkpoint_weights_itself(self.trainer.strategy):
-            for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            if self.frozen_fingerprint is not None:
+                checkpoint[FINGERPRINT_KEY] = self.frozen_fingerprint.to_checkpoint()
+            for key in [k for k in state if self.leaves_out(k, checkpoint)]:
                 del state[key]
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
@@ -409,6 +440,7 @@ class VideoDiffusionModule(L.LightningModule):
         state = checkpoint.get("state_dict")
         if state is None:  # an FSDP checkpoint: the strategy has loaded every weight itself
             return
+        self.check_frozen_weights(checkpoint)
         for key, value in self.state_dict().items():
-            if key.startswith(FROZEN_PREFIXES):
+            if self.leaves_out(key, checkpoint):
                 state.setdefault(key, value)
