@@ -6,10 +6,11 @@
 
 Order and CPU budget: FLOPs (bench/flops.py, < 1 min), the SD 2.1 UNet forward at 768 px (bench/bench_unet.py, one
 timed forward per case and no warm-up: the four cases take ~4 min), the 256-px video loader (bench/bench_loader.py,
-~1 min), the Table 2 inference comparison (bench/inference_table2.py, ~3-4 min), training steps
-(bench/training_step.py, ~1 min) and the loader against the toy training step (bench/data_vs_step.py, < 1 min,
-reusing the training step times). The first three run as their own commands; a benchmark that fails is logged and
-the others still run; the exit status is 1 when any failed.
+~1 min), the paper runs' checkpoint sizes (bench/checkpoint_sizes.py, shapes only, < 1 min), the Table 2 inference
+comparison (bench/inference_table2.py, ~3-4 min), training steps (bench/training_step.py, ~1 min) and the loader
+against the toy training step (bench/data_vs_step.py, < 1 min, reusing the training step times). The first four run
+as their own commands; a benchmark that fails is logged and the others still run; the exit status is 1 when any
+failed.
 """
 
 from __future__ import annotations
@@ -75,11 +76,13 @@ def old_benchmark_arguments(quick: bool) -> dict[str, tuple[str, list[str]]]:
                 "bench.bench_loader",
                 ["--videos", "4", "--clips", "4", "--batch-size", "2", "--workers", "0", "--no-write"],
             ),
+            "checkpoint_sizes": ("bench.checkpoint_sizes", ["--no-write"]),
         }
     return {
         "flops": ("bench.flops", []),
         "unet": ("bench.bench_unet", ["--warmup", "0", "--runs", "1"]),
         "loader": ("bench.bench_loader", []),
+        "checkpoint_sizes": ("bench.checkpoint_sizes", []),
     }
 
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 
-def _buffer_name(param_name: str) -> str:
+def shadow_buffer_name(param_name: str) -> str:
+    """The EMA buffer of parameter `unet.out.0.weight` (net-relative name): `unet__out__0__weight`."""
     return param_name.replace(".", "__")
 
 
@@ -37,12 +38,12 @@ class ExponentialMovingAverage(nn.Module):
         self.param_names: list[str] = []
         for name, param in named_parameters:
             self.param_names.append(name)
-            self.register_buffer(_buffer_name(name), param.detach().clone().float())
+            self.register_buffer(shadow_buffer_name(name), param.detach().clone().float())
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._backup: list[torch.Tensor] | None = None
 
     def shadows(self) -> list[torch.Tensor]:
-        return [getattr(self, _buffer_name(name)) for name in self.param_names]
+        return [getattr(self, shadow_buffer_name(name)) for name in self.param_names]
 
     def current_decay(self) -> float:
         if not self.use_num_updates:
