@@ -36,12 +36,7 @@ MODELS = {
         "guidance=artv_eq1",
         "sampler.num_steps=2",
         "num_frames=2",
-        # the toy_artv experiment's tiny Φmask
-        "model.net.mask_unet.model_channels=32",
-        "model.net.mask_unet.attention_resolutions=[1,2]",
-        "model.net.mask_unet.num_res_blocks=1",
-        "model.net.mask_unet.channel_mult=[1,2]",
-        "model.net.mask_unet.num_head_channels=16",
+        "text_encoder.init_seed=0",  # the pool index's tower (conf/from_scratch/artv_tiny.yaml picks seed 10)
     ],
 }
 
