@@ -19,15 +19,15 @@ def _module(tmp_path, experiment: str):
 
 
 def _count_encoded_frames(module) -> list[int]:
-    """Wrap the first stage's encode_video; returns the list that receives each call's frame count."""
+    """Wrap the first stage's per-frame encoder; returns the list that receives each call's frame count."""
     counts: list[int] = []
-    encode = module.first_stage.encode_video
+    encode = module.first_stage.posterior_moments
 
-    def counting(video, *args, **kwargs):
-        counts.append(video.shape[0] * video.shape[2])  # [B, 3, T, H, W]
-        return encode(video, *args, **kwargs)
+    def counting(frames):
+        counts.append(frames.shape[0])  # [N, 3, H, W]
+        return encode(frames)
 
-    module.first_stage.encode_video = counting
+    module.first_stage.posterior_moments = counting
     return counts
 
 
@@ -56,7 +56,7 @@ def test_coinciding_frames_are_encoded_once(tmp_path):
     video = _batch(resolution, 3)["video"]
     indices = module.net.training_frame_indices(3, NUM_FRAMES)
     assert indices.tolist() == [[0, 0, 0, 1]] * 3
-    latents = module.encode_clip_frames(video, indices)
+    latents = module.clip_latents({"video": video}, indices)
     assert sum(counts) == 3 * 2 and latents.shape[2] == 4
 
 
@@ -65,7 +65,7 @@ def test_the_example_from_selected_frames_equals_the_one_from_the_whole_clip(tmp
     module.eval()  # seeded frame choice and reference noise: both paths draw the same
     video = _batch(resolution, 5)["video"]
     indices = module.net.training_frame_indices(5, NUM_FRAMES)
-    selected = module.net.training_example(module.encode_clip_frames(video, indices), indices)
+    selected = module.net.training_example(module.clip_latents({"video": video}, indices), indices)
     whole = module.net.training_example(module.encode_video(video))
     assert torch.equal(selected.x0, whole.x0)
     for key in ("reference", "anchor"):

@@ -65,7 +65,7 @@ def draw_training_frame_indices(
     """Pick per clip a target k in 1..T-1, references k-2 (clamped at 0) and k-1, and frame 0 as anchor.
 
     Returns int64 indices `[B, 4]` in the order (anchor, earlier reference, previous frame, target), on the CPU,
-    drawn before any frame is encoded so that only these frames are (`VideoDiffusionModule.encode_clip_frames`).
+    drawn before any frame is encoded so that only these frames are (`VideoDiffusionModule.clip_latents`).
     generator: CPU generator for k (None: global RNG). first_step_probability: None draws k uniformly from 1..T-1;
     p draws k = 1 with probability p and otherwise uniformly from 2..T-1 (T >= 3). k = 1 is the one step whose
     references (frame 0 twice) show no motion, so its motion comes from the text alone; uniform k gives it

@@ -221,6 +221,7 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, kernel_size=1)
         self.scale_factor = scale_factor
         self.latent_channels = embed_dim
+        self.moment_channels = 2 * embed_dim  # posterior (mean, logvar), what latent shards store
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
 
     def posterior_moments(self, x: Tensor) -> Tensor:

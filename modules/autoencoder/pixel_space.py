@@ -42,18 +42,28 @@ class PixelUnshuffleAutoencoder(nn.Module):
         self.scale_factor = scale_factor
         self.shift_factor = shift_factor
         self.latent_channels = in_channels * factor * factor
+        self.moment_channels = self.latent_channels
         self.downsample_factor = factor
 
-    def encode(self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
-        """Images `[B, C, H, W]` -> latents `[B, C f^2, H/f, W/f]`. Deterministic: `sample` and `generator`
-        exist for API compatibility with AutoencoderKL and are ignored."""
+    def posterior_moments(self, x: Tensor) -> Tensor:
+        """Images `[B, C, H, W]` -> unscaled latents `[B, C f^2, H/f, W/f]`: the whole (deterministic) posterior, as
+        AutoencoderKL's (mean, logvar) moments are its (`moment_channels` = `latent_channels` here)."""
         factor = self.factor
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
                 f"PixelUnshuffleAutoencoder: frame size {x.shape[-2]}x{x.shape[-1]} is not divisible by the "
                 f"downsampling factor {factor}; set `resolution` to a multiple of {factor}"
             )
-        return self.scale_factor * (F.pixel_unshuffle(x, factor) - self.shift_factor)
+        return F.pixel_unshuffle(x, factor) - self.shift_factor
+
+    def sample_latent(self, moments: Tensor, sample: bool, generator: torch.Generator | None) -> Tensor:
+        """Scaled latents from `posterior_moments`; deterministic (`sample`, `generator` as AutoencoderKL's)."""
+        return self.scale_factor * moments
+
+    def encode(self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Images `[B, C, H, W]` -> latents `[B, C f^2, H/f, W/f]`. Deterministic: `sample` and `generator`
+        exist for API compatibility with AutoencoderKL and are ignored."""
+        return self.sample_latent(self.posterior_moments(x), sample, generator)
 
     def decode(self, z: Tensor) -> Tensor:
         """Latents `[B, C f^2, h, w]` -> images `[B, C, h f, w f]`; the exact inverse of `encode`."""

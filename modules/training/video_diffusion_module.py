@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from modules.autoencoder.frame_chunks import map_frame_chunks
 from modules.checkpoints.frozen_weights import (
     FINGERPRINT_KEY,
     FrozenWeightsFingerprint,
@@ -137,17 +138,39 @@ class VideoDiffusionModule(L.LightningModule):
         )
 
     @torch.no_grad()
-    def encode_clip_frames(self, video: Tensor, frame_indices: Tensor | None) -> Tensor:
-        """Pixels `[B, T, 3, H, W]` -> scaled latents `[B, C, F, h, w]` of the frames `frame_indices` `[B, F]` (all T
-        when None); a frame listed twice in a clip is encoded once."""
-        if frame_indices is None:
-            return self.encode_video(video)
+    def clip_latents(self, batch: dict[str, Any], frame_indices: Tensor | None) -> Tensor:
+        """Scaled latents `[B, C, F, h, w]` of the frames `frame_indices` `[B, F]` (all T when None) of each clip.
+
+        From video shards the batch holds pixels `video` `[B, T, 3, H, W]`: each distinct listed frame is
+        encoded once, to the first stage's posterior moments. From latent shards (datamodules/latent_shards.py) it
+        holds those moments already, `moments` `[B, T, M, h, w]`, and nothing is encoded. Either way the latents
+        are then drawn from the moments alike, so both give the same loss for the same clip and seed.
+        """
+        if "moments" in batch:
+            moments = batch["moments"].float()
+            if frame_indices is not None:
+                moments = moments[torch.arange(moments.shape[0])[:, None], frame_indices.to(moments.device)]
+        else:
+            moments = self.encode_moments(batch["video"], frame_indices)
+        return self.first_stage.sample_latent(rearrange(moments, "b f m h w -> b m f h w"), True, None)
+
+    @torch.no_grad()
+    def encode_moments(self, video: Tensor, frame_indices: Tensor | None) -> Tensor:
+        """Pixels `[B, T, 3, H, W]` -> first-stage posterior moments `[B, F, M, h, w]` of the frames `frame_indices`
+        `[B, F]` (all T when None); a frame listed twice in a clip is encoded once."""
         batch, num_frames = video.shape[:2]
+        if frame_indices is None:
+            frame_indices = torch.arange(num_frames).expand(batch, num_frames)
         flat = (torch.arange(batch)[:, None] * num_frames + frame_indices.cpu()).flatten()
         distinct, inverse = torch.unique(flat, return_inverse=True)
         frames = rearrange(video, "b t c h w -> (b t) c h w")[distinct.to(video.device)]
-        latents = self.encode_video(frames[:, None])[:, :, 0]  # [N, C, h, w], one per distinct frame
-        return rearrange(latents[inverse.to(latents.device)], "(b f) c h w -> b c f h w", b=batch)
+        moments = map_frame_chunks(
+            self.first_stage.posterior_moments,
+            rearrange(frames, "n c h w -> 1 c n h w"),
+            self.vae_chunk_frames,
+        )
+        moments = rearrange(moments, "1 m n h w -> n m h w")[inverse.to(moments.device)]
+        return rearrange(moments, "(b f) m h w -> b f m h w", b=batch)
 
     @torch.no_grad()
     def decode_video(self, latents: Tensor) -> Tensor:
@@ -170,9 +193,9 @@ class VideoDiffusionModule(L.LightningModule):
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         """eps-prediction MSE (ART-V supplementary Table 4; SCVideo follows SD), Min-SNR-weighted per sample when
         `min_snr_gamma` is set."""
-        video = batch["video"]
-        frame_indices = self.net.training_frame_indices(video.shape[0], video.shape[1])
-        example = self.net.training_example(self.encode_clip_frames(video, frame_indices), frame_indices)
+        clips = batch["moments"] if "moments" in batch else batch["video"]  # [B, T, ...]
+        frame_indices = self.net.training_frame_indices(clips.shape[0], clips.shape[1])
+        example = self.net.training_example(self.clip_latents(batch, frame_indices), frame_indices)
         cond = {"text": self.encode_text(batch["caption"]), **example.cond}
         if self.training:
             cond = drop_conditions(
