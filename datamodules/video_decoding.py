@@ -158,6 +158,18 @@ def _decode(
     return DecodedClip(frames=frames, indices=indices, frames_decoded=frames_decoded)
 
 
+def stream_timing(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[Fraction, int]:
+    """The frame rate and frame count `decode_clip` places a clip's frames by (the header's, not counted).
+
+    Raises:
+        CorruptVideoError: the stream has no frame rate, or neither a frame count nor a duration.
+    """
+    fps = _frame_rate(stream)
+    return fps, _frame_count(stream, container, fps)
+
+
 def _frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
