@@ -113,10 +113,33 @@ def check_checkpoint_matches(model: VideoDiffusionModule, ckpt_path: str | None)
     )
 
 
+def check_latent_shards(cfg: DictConfig) -> None:
+    """Latent shards (`data.latent_shards`) must have been made with this run's first stage, resolution and frame
+    sampling: each local shard directory's `latents_info.json` is compared with what the config implies."""
+    data = cfg.get("data")
+    if data is None or not data.get("latent_shards"):
+        return
+    from datamodules.latent_shards import check_latent_set, latent_set_info
+
+    expected = latent_set_info(cfg, dtype="any", with_text=False)
+    for key in ("train_urls", "val_urls"):
+        urls = data.get(key)
+        if urls is None:
+            continue
+        patterns = list(urls) if isinstance(urls, ListConfig | list | tuple) else [urls]
+        local = [Path(url) for pattern in patterns for url in expand_urls(str(pattern)) if _is_local(url)]
+        for directory in sorted({path if path.is_dir() else path.parent for path in local}):
+            try:
+                check_latent_set(directory, expected, f"data.{key}")
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
+
+
 def check_config(cfg: DictConfig) -> None:
     """Run every check; raises ConfigError with the offending key."""
     check_resolution(cfg)
     check_data_paths(cfg)
+    check_latent_shards(cfg)
 
 
 # config keys that define what a checkpoint's weights and data stream mean: a resume must not change them

@@ -196,7 +196,13 @@ class VideoDiffusionModule(L.LightningModule):
         clips = batch["moments"] if "moments" in batch else batch["video"]  # [B, T, ...]
         frame_indices = self.net.training_frame_indices(clips.shape[0], clips.shape[1])
         example = self.net.training_example(self.clip_latents(batch, frame_indices), frame_indices)
-        cond = {"text": self.encode_text(batch["caption"]), **example.cond}
+        # latent shards may carry the frozen text encoder's output already (encode_latents --text-embeddings)
+        text = (
+            batch["text_embedding"].float()
+            if "text_embedding" in batch
+            else self.encode_text(batch["caption"])
+        )
+        cond = {"text": text, **example.cond}
         if self.training:
             cond = drop_conditions(
                 cond, self.net.null_condition(cond, self.null_text()), self.condition_dropout
