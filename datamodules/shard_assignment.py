@@ -8,10 +8,17 @@ epoch and pass shuffled, in training) shard list, so no two processes read the s
 With fewer shards than global workers every process reads all shards and keeps samples `g, g + G, ...`
 of the stream (small data sets only; every process then reads every byte, but decodes only its share).
 
-Samples: a rank produces `batches_per_rank * batch_size` samples per epoch, identical on every rank,
-so DDP ranks never wait on each other at the end of an epoch. The batches are dealt to the rank's
+Training samples: a rank produces `batches_per_rank * batch_size` samples per epoch, identical on every
+rank, so DDP ranks never wait on each other at the end of an epoch. The batches are dealt to the rank's
 dataloader workers as evenly as possible (worker `w` gets one more while `w < batches_per_rank % W`);
 each worker yields whole batches only.
+
+Validation samples are assigned by position instead: the `N` samples of a validation pass (listed in shard
+order, `tar_samples.index_shard`) are cut into `G` contiguous blocks, global worker `g` taking positions
+`[g * N // G, (g + 1) * N // G)`, so every sample belongs to exactly one process whatever the shard sizes, and
+a process reads only the shards its block overlaps. Every worker yields the same number of batches,
+`ceil(ceil(N / G) / batch_size)`, padding after its last usable sample, so every rank runs the same number of
+validation batches whatever its samples decode to.
 """
 
 from collections.abc import Sequence
@@ -78,3 +85,36 @@ def batches_for_worker(num_samples: int, batch_size: int, slot: WorkerSlot) -> i
     rank_batches = batches_per_rank(num_samples, batch_size, slot.world_size)
     extra = 1 if slot.worker_id < rank_batches % slot.num_workers else 0
     return rank_batches // slot.num_workers + extra
+
+
+@dataclass(frozen=True)
+class ShardPiece:
+    """Positions `[start, stop)` within shard number `shard` of a list of shards."""
+
+    shard: int
+    start: int
+    stop: int
+
+
+def validation_block(num_samples: int, slot: WorkerSlot) -> range:
+    """The positions of the `num_samples` validation samples (in shard order) that `slot` reads."""
+    count = slot.global_count
+    return range(slot.global_index * num_samples // count, (slot.global_index + 1) * num_samples // count)
+
+
+def validation_batches_per_worker(num_samples: int, batch_size: int, global_count: int) -> int:
+    """Batches every worker yields in a validation pass: enough for the largest block, `ceil(N / G)` samples."""
+    largest_block = -(-num_samples // global_count)
+    return max(1, -(-largest_block // batch_size))
+
+
+def shard_pieces(shard_sizes: Sequence[int], block: range) -> list[ShardPiece]:
+    """The parts of the shards (of `shard_sizes` samples each, in order) that the positions `block` cover."""
+    pieces = []
+    shard_start = 0
+    for shard, size in enumerate(shard_sizes):
+        start, stop = max(block.start, shard_start), min(block.stop, shard_start + size)
+        if start < stop:
+            pieces.append(ShardPiece(shard, start - shard_start, stop - shard_start))
+        shard_start += size
+    return pieces

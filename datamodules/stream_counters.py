@@ -3,18 +3,22 @@
 The counters live in shared-memory tensors created before the workers start, one row per worker (row 0
 is the main process when there are no workers), so the main process can read every worker's counts:
 skipped samples per reason, decoded clips and frames, and how many times each worker has started
-iterating (its epoch number in a run without restarts).
+iterating (its epoch number in a run without restarts). A validation worker zeroes its own row when it starts
+a pass (`reset_slot`), so after a pass the sums are that pass's counts.
 """
 
 import torch
 
+# why a sample was skipped (the shard writer's probe uses the same names, datamodules/video_probe.py)
 SKIP_REASONS = (
-    "corrupt_video",
-    "too_short",
-    "missing_caption",
-    "empty_video",
-    "missing_video",
-    "corrupt_shard",
+    "missing_video",  # no video member (mp4, webm, ...)
+    "empty",  # a zero-byte video
+    "corrupt",  # not decodable: bad container, broken bitstream, no frame size or rate
+    "no_video_stream",  # a container without video (audio only)
+    "too_short",  # fewer frames than the clip spans
+    "missing_caption",  # neither a .txt nor a json "caption"
+    "bad_metadata",  # a .json member that is not a JSON object
+    "unreadable_shard",  # lost where its shard could not be read (truncated, failed download)
 )
 
 
@@ -55,6 +59,11 @@ class StreamCounters:
         """Decoded clips and decoded frames (seek overhead included), summed over all workers."""
         clips, frames = (int(value) for value in self._decoded.sum(dim=0))
         return {"clips": clips, "frames_decoded": frames}
+
+    def reset_slot(self, slot: int) -> None:
+        """Zero one slot's skip and decode counts (a validation worker starting a pass)."""
+        self._skips[slot].zero_()
+        self._decoded[slot].zero_()
 
     def reset_iterations(self) -> None:
         """Zero the iteration counts (not while workers are running)."""

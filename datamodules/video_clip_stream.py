@@ -1,17 +1,22 @@
 """An iterable dataset of video clips read from WebDataset shards (video2dataset layout).
 
-Each item is `{"video": float [T, C, H, W] in [-1, 1], "caption": str, "key": str}`; the DataLoader's
-default collation batches it to `video [B, T, C, H, W]`, `caption list[str]`, `key list[str]`.
+Each item is `{"video": uint8 [T, C, H, W], "caption": str, "key": str, "valid": bool}`; the DataLoader's
+default collation batches it to `video [B, T, C, H, W]`, `caption list[str]`, `key list[str]`, `valid [B]`
+(the batch format, and the conversion to [-1, 1] on the device: `clip_batches.py`).
 
-Epochs. The shard stream is endless: a process cycles through its shards (`shard_assignment.py`),
-pass after pass. An epoch is a fixed number of samples, `num_samples` (`data.samples_per_epoch` in
-training, `data.val_samples` in validation) shared by the ranks: every rank yields exactly
+Training epochs. The training stream is endless: a process cycles through its shards
+(`shard_assignment.py`), pass after pass. An epoch is a fixed number of samples, `num_samples`
+(`data.samples_per_epoch`) shared by the ranks: every rank yields exactly
 `num_samples // world_size // batch_size` whole batches (`__len__` reports the samples).
 
-- Training: the shard order is reshuffled per epoch and pass, samples are shuffled within a pass by a
-  buffer of `shuffle_buffer` encoded samples, and the clip start is random. The epoch number is
-  the last `set_epoch` value plus the number of times this worker has started iterating since, so
-  each epoch reads different data, with persistent workers or without.
+- Sampling is without replacement within a pass: in each pass over the shards every sample is read by exactly
+  one process (rank x worker), so ranks and workers never read the same data at once. Passes repeat the data
+  and epochs need not end with a pass; a process whose shards hold fewer samples than others' starts its next
+  pass sooner, so with unequal shards some samples come round again before others have been seen once.
+- The shard order is reshuffled per epoch and pass, samples are shuffled within a pass by a buffer of
+  `shuffle_buffer` encoded samples, and the clip start is random. The epoch number is the last `set_epoch`
+  value plus the number of times this worker has started iterating since, so each epoch reads different data,
+  with persistent workers or without.
 - Exact resume: `set_epoch(epoch, consumed_batches)` makes the next iteration continue epoch `epoch`
   after the `consumed_batches` batches this rank had already consumed. The DataLoader takes batches
   from its workers in turn, so each worker knows how many of its own batches were consumed; it replays
@@ -19,19 +24,28 @@ training, `data.val_samples` in validation) shared by the ranks: every rank yiel
   following batches equal those of an uninterrupted run. As the DataLoader starts again with worker 0,
   the workers' roles are rotated for that iteration (worker 0 plays the worker whose turn was next).
   The replay costs the decoding of the skipped part of the epoch.
-- Validation: shards in the listed order, no shuffling, centred clips; the same samples every time.
-  A validation set smaller than `num_samples` is repeated (cycled), a larger one truncated; set
-  `data.val_samples` to at most the validation set's size to see every sample exactly once.
 
-Faulty samples (undecodable video, shorter than the clip, no caption, zero-byte video, no video member)
-and unreadable shards are skipped and counted per reason (`counters`); rank 0 logs them with the sample
-key. With `skip_corrupt=False` they raise instead. A full pass without one usable sample raises.
+Validation passes. At construction the stream lists the sample keys of the validation shards
+(`tar_samples.index_shard`: member headers only for local tars), up to `num_samples` (`data.val_samples`, a
+cap: the first `num_samples` samples in shard order; None: every sample). A pass reads each listed sample
+exactly once over all ranks and workers, in contiguous blocks by position (`shard_assignment.py`), with
+centred clips: the same samples and frames every time. Faulty samples are dropped, so a pass yields the
+usable ones; each worker then pads its last batches (`valid` False, zero video) to the same batch count as
+every other worker, so every rank runs the same number of batches and the padding stays out of the loss.
+
+Faulty samples (reasons in `stream_counters.SKIP_REASONS`) are skipped, counted once per reading and logged
+(first ones per reason and worker, then every hundredth) with the sample key, the `videoid` of its metadata
+when it has one, and the config key. A validation pass reads every sample once, so its counts (reset when a
+pass starts) are per pass, and only a worker's first pass logs; a training run counts (and may log) a faulty
+sample in every pass over the shards, as each pass reads it once.
+With `skip_corrupt=False` faults raise instead. A full training pass without one usable sample raises.
 """
 
 import itertools
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,10 +59,13 @@ from datamodules.shard_assignment import (
     assign_shards,
     batches_for_worker,
     batches_per_rank,
+    shard_pieces,
+    validation_batches_per_worker,
+    validation_block,
 )
 from datamodules.stream_counters import StreamCounters
-from datamodules.tar_samples import CorruptShardError, RawSample, iter_tar_samples
-from datamodules.video_decoding import CorruptVideoError, decode_clip
+from datamodules.tar_samples import CorruptShardError, RawSample, ShardIndex, index_shard, iter_tar_samples
+from datamodules.video_decoding import CorruptVideoError, NoVideoStreamError, decode_clip
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +74,16 @@ VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi")
 _LOG_FIRST = 10
 _LOG_EVERY = 100
 _REASON_TEXT = {
-    "corrupt_video": "corrupt video",
+    "missing_video": "video-less sample",
+    "empty": "zero-byte video",
+    "corrupt": "corrupt video",
+    "no_video_stream": "video without a video stream",
     "too_short": "too-short video",
     "missing_caption": "caption-less sample",
-    "empty_video": "zero-byte video",
-    "missing_video": "video-less sample",
-    "corrupt_shard": "rest of unreadable shard",
+    "bad_metadata": "sample with unreadable metadata",
+    "unreadable_shard": "sample of an unreadable shard",
 }
+Item = dict[str, torch.Tensor | str]
 
 
 class VideoClipStream(IterableDataset):
@@ -73,15 +93,17 @@ class VideoClipStream(IterableDataset):
         urls: expanded shard URLs (`tar_samples.expand_shard_urls`).
         selection: frame stride or target fps, and the number of frames.
         height, width: output frame size (resize to cover, centre crop).
-        num_samples: samples per epoch over all ranks.
+        num_samples: training: samples per epoch over all ranks; validation: at most this many samples of the
+            shards, the first in shard order (None: all of them).
         batch_size: the DataLoader's batch size (ranks and workers yield whole batches).
         rank, world_size: this DDP process and the number of processes.
         num_workers: the DataLoader's `num_workers` (0: load in the main process).
-        training: random shard order, shuffle buffer and clip start if True; deterministic if False.
+        training: random shard order, shuffle buffer and clip start if True; an exact pass if False.
         shuffle_buffer: encoded samples held for shuffling within a pass (<= 1: no shuffling).
         seed: base of every random draw (shard order, buffer, clip start).
         skip_corrupt: skip and count faulty samples (True) or raise (False).
         config_key: where `urls` came from, named in errors (`data.train_urls`).
+        samples_key: where `num_samples` came from, named in errors (`data.samples_per_epoch`).
     """
 
     def __init__(
@@ -91,7 +113,7 @@ class VideoClipStream(IterableDataset):
         *,
         height: int,
         width: int,
-        num_samples: int,
+        num_samples: int | None,
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
@@ -101,24 +123,26 @@ class VideoClipStream(IterableDataset):
         seed: int = 0,
         skip_corrupt: bool = True,
         config_key: str = "data.train_urls",
+        samples_key: str = "data.samples_per_epoch",
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError(f"{config_key}: no shard URLs")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if batches_per_rank(num_samples, batch_size, world_size) == 0:
-            raise ValueError(
-                f"{num_samples} samples per epoch ({config_key}) make no whole batch of data.batch_size="
-                f"{batch_size} on each of {world_size} ranks; use at least {batch_size * world_size} samples"
-            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
+        if training and (num_samples is None or batches_per_rank(num_samples, batch_size, world_size) == 0):
+            raise ValueError(
+                f"{num_samples} samples per epoch ({samples_key}) make no whole batch of data.batch_size="
+                f"{batch_size} on each of {world_size} ranks; use at least {batch_size * world_size} samples"
+            )
+        if num_samples is not None and num_samples < 1:
+            raise ValueError(f"{samples_key} must be >= 1 or null, got {num_samples}")
         self.urls = list(urls)
         self.selection = selection
         self.height = height
         self.width = width
-        self.num_samples = num_samples
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
@@ -131,35 +155,44 @@ class VideoClipStream(IterableDataset):
         self.base_epoch = 0
         self.resume_batches = 0
         self.counters = StreamCounters(max(1, num_workers))
+        # validation: the samples of one pass, listed once here so that workers inherit the list
+        self.shard_index = [] if training else index_validation_shards(self.urls, num_samples, config_key)
+        self.num_samples = num_samples if training else sum(len(index.keys) for index in self.shard_index)
 
     def __len__(self) -> int:
-        """Samples this rank yields per epoch."""
-        return batches_per_rank(self.num_samples, self.batch_size, self.world_size) * self.batch_size
+        """Samples this rank yields per epoch (per validation pass, padding included)."""
+        if self.training:
+            return batches_per_rank(self.num_samples, self.batch_size, self.world_size) * self.batch_size
+        workers = max(1, self.num_workers)
+        batches = validation_batches_per_worker(self.num_samples, self.batch_size, self.world_size * workers)
+        return batches * workers * self.batch_size
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor | str]]:
+    def __iter__(self) -> Iterator[Item]:
         slot = self._worker_slot()
         started = self.counters.start_iteration(slot.worker_id)
-        resuming = self.training and started == 0 and self.resume_batches > 0
+        if not self.training:
+            yield from self._validation_pass(slot, first_pass=started == 0)
+            return
+        resuming = started == 0 and self.resume_batches > 0
         if resuming:
             # the DataLoader asks worker 0 first: it plays the worker whose turn it was, worker 1 the next, ...
             turn = (slot.worker_id + self.resume_batches) % slot.num_workers
             slot = WorkerSlot(slot.rank, slot.world_size, turn, slot.num_workers)
-        epoch = (self.base_epoch + started) if self.training else 0
-        rng = np.random.default_rng([self.seed, epoch, slot.rank, slot.worker_id]) if self.training else None
+        epoch = self.base_epoch + started
+        rng = np.random.default_rng([self.seed, epoch, slot.rank, slot.worker_id])
         quota = batches_for_worker(self.num_samples, self.batch_size, slot) * self.batch_size
         replay = self._consumed_batches(slot) * self.batch_size if resuming else 0
         produced = 0
         for pass_index in itertools.count():
             if produced == quota:
                 return
-            order_seed = (self.seed, epoch, pass_index) if self.training else None
-            assignment = assign_shards(self.urls, slot, order_seed)
+            assignment = assign_shards(self.urls, slot, (self.seed, epoch, pass_index))
             samples = self._raw_samples(assignment, slot)
-            if self.training and self.shuffle_buffer > 1:
+            if self.shuffle_buffer > 1:
                 samples = _shuffled(samples, self.shuffle_buffer, rng)
             usable = 0
             for sample in samples:
-                item = self._to_item(sample, slot, rng)
+                item = self._to_item(sample, slot, rng, log_skips=True)
                 if item is None:
                     continue
                 usable += 1
@@ -193,7 +226,7 @@ class VideoClipStream(IterableDataset):
         return max(0, -(-(self.resume_batches - slot.worker_id) // slot.num_workers))
 
     def skip_counts(self) -> dict[str, int]:
-        """Skipped samples per reason in this process and its workers."""
+        """Skipped samples per reason in this process and its workers (validation: in the last pass)."""
         return self.counters.skip_counts()
 
     def _worker_slot(self) -> WorkerSlot:
@@ -207,8 +240,53 @@ class VideoClipStream(IterableDataset):
             )
         return WorkerSlot(self.rank, self.world_size, worker.id, worker.num_workers)
 
+    def _validation_pass(self, slot: WorkerSlot, first_pass: bool) -> Iterator[Item]:
+        """This worker's block of the validation samples, decoded (faulty ones dropped), then padding up to the
+        batch count every worker yields. Skips are logged in the first pass only (later ones repeat it)."""
+        self.counters.reset_slot(slot.worker_id)
+        block = validation_block(self.num_samples, slot)
+        batches = validation_batches_per_worker(self.num_samples, self.batch_size, slot.global_count)
+        produced = 0
+        for sample in self._block_samples(block, slot, first_pass):
+            item = self._to_item(sample, slot, rng=None, log_skips=first_pass)
+            if item is not None:
+                produced += 1
+                yield item
+        for _ in range(batches * self.batch_size - produced):
+            yield self._padding()
+
+    def _block_samples(self, block: range, slot: WorkerSlot, log_skips: bool) -> Iterator[RawSample]:
+        """The encoded samples at positions `block` of the validation pass; samples lost to an unreadable
+        shard are counted (each once, with its key) instead."""
+        sizes = [len(index.keys) for index in self.shard_index]
+        for piece in shard_pieces(sizes, block):
+            index = self.shard_index[piece.shard]
+            # a local tar is entered at the block's first sample; any other is read from its start
+            position = piece.start if index.offsets is not None else 0
+            offset = index.offsets[piece.start] if index.offsets is not None else 0
+            failure = None
+            try:
+                for sample in iter_tar_samples(index.url, offset):
+                    if position >= piece.start:
+                        if sample.key != index.keys[position]:
+                            raise RuntimeError(
+                                f"{self.config_key}: shard {index.url} changed since it was indexed (sample "
+                                f"{position} is {sample.key}, was {index.keys[position]}); restart the run"
+                            )
+                        yield sample
+                    position += 1
+                    if position == piece.stop:
+                        break
+            except CorruptShardError as error:
+                failure = str(error)
+            detail = failure or f"the shard ended after {position} samples; its index lists {len(index.keys)}"
+            for lost in range(max(position, piece.start), piece.stop):
+                self._skip(
+                    "unreadable_shard", slot, RawSample(index.keys[lost], {}, index.url), detail, log_skips
+                )
+
     def _raw_samples(self, assignment: ShardAssignment, slot: WorkerSlot) -> Iterator[RawSample]:
-        """This process's share of the encoded samples of one pass over its shards."""
+        """This process's share of the encoded samples of one training pass over its shards."""
         sample_index = 0
         for url in assignment.urls:
             try:
@@ -217,46 +295,124 @@ class VideoClipStream(IterableDataset):
                         yield sample
                     sample_index += 1
             except CorruptShardError as error:
-                self._skip("corrupt_shard", slot, key="-", url=url, detail=str(error))
+                # the sample being read when the shard broke belongs to one process: it alone counts the loss
+                if assignment.keeps(sample_index):
+                    self._skip(
+                        "unreadable_shard", slot, RawSample("-", {}, url), f"the rest is lost: {error}"
+                    )
 
     def _to_item(
-        self, sample: RawSample, slot: WorkerSlot, rng: np.random.Generator | None
-    ) -> dict[str, torch.Tensor | str] | None:
-        """Decode one sample to `{"video": [T, C, H, W], "caption", "key"}`, or count and skip it."""
+        self, sample: RawSample, slot: WorkerSlot, rng: np.random.Generator | None, log_skips: bool
+    ) -> Item | None:
+        """Decode one sample to `{"video": uint8 [T, C, H, W], "caption", "key", "valid"}`, or count and skip it."""
         extension = next((ext for ext in VIDEO_EXTENSIONS if ext in sample.members), None)
         if extension is None:
             members = ", ".join(sorted(sample.members)) or "none"
-            return self._skip("missing_video", slot, sample.key, sample.url, f"members: {members}")
+            return self._skip("missing_video", slot, sample, f"members: {members}", log_skips)
         data = sample.members[extension]
         if not data:
-            return self._skip(
-                "empty_video", slot, sample.key, sample.url, f"{sample.key}.{extension} is 0 bytes"
-            )
+            return self._skip("empty", slot, sample, f"{sample.key}.{extension} is 0 bytes", log_skips)
+        try:
+            sample_metadata(sample.members)
+        except ValueError as error:
+            return self._skip("bad_metadata", slot, sample, str(error), log_skips)
         caption = read_caption(sample.members)
         if caption is None:
-            return self._skip("missing_caption", slot, sample.key, sample.url, "no .txt nor json 'caption'")
+            return self._skip("missing_caption", slot, sample, "no .txt nor json 'caption'", log_skips)
         try:
             clip = decode_clip(data, self.selection, height=self.height, width=self.width, rng=rng)
         except VideoTooShortError as error:
-            return self._skip("too_short", slot, sample.key, sample.url, str(error))
+            return self._skip("too_short", slot, sample, str(error), log_skips)
+        except NoVideoStreamError as error:
+            return self._skip("no_video_stream", slot, sample, str(error), log_skips)
         except CorruptVideoError as error:
-            return self._skip("corrupt_video", slot, sample.key, sample.url, str(error))
+            return self._skip("corrupt", slot, sample, str(error), log_skips)
         self.counters.add_decoded(slot.worker_id, clip.frames_decoded)
-        video = rearrange(torch.from_numpy(clip.frames), "t h w c -> t c h w").float() / 127.5 - 1.0
-        return {"video": video, "caption": caption, "key": sample.key}
+        video = rearrange(torch.from_numpy(clip.frames), "t h w c -> t c h w")
+        return {"video": video, "caption": caption, "key": sample.key, "valid": torch.tensor(True)}
 
-    def _skip(self, reason: str, slot: WorkerSlot, key: str, url: str, detail: str) -> None:
-        """Count a faulty sample and log it on rank 0, or raise when `skip_corrupt` is off."""
+    def _padding(self) -> Item:
+        """A padding item: zero video, empty caption and key, `valid` False."""
+        video = torch.zeros(self.selection.num_frames, 3, self.height, self.width, dtype=torch.uint8)
+        return {"video": video, "caption": "", "key": "", "valid": torch.tensor(False)}
+
+    def _skip(
+        self, reason: str, slot: WorkerSlot, sample: RawSample, detail: str, log_it: bool = True
+    ) -> None:
+        """Count a faulty sample and log it, or raise when `skip_corrupt` is off."""
         config = self.selection.describe() if reason == "too_short" else "data.skip_corrupt=true"
-        message = f"{_REASON_TEXT[reason]} {key} in {url}: {detail}"
+        videoid = _videoid(sample.members)
+        named = sample.key if videoid is None else f"{sample.key} (videoid {videoid})"
+        message = f"{_REASON_TEXT[reason]} {named} in {sample.url}: {detail}"
         if not self.skip_corrupt:
             raise ValueError(f"{message}; set data.skip_corrupt=true to skip and count such samples")
         count = self.counters.add_skip(slot.worker_id, reason)
-        if slot.rank == 0 and (count <= _LOG_FIRST or count % _LOG_EVERY == 0):
+        if log_it and (count <= _LOG_FIRST or count % _LOG_EVERY == 0):
             log.warning(
-                "skipping %s (%s #%d in worker %d) <%s>", message, reason, count, slot.worker_id, config
+                "skipping %s (%s #%d in rank %d worker %d) <%s>",
+                message,
+                reason,
+                count,
+                slot.rank,
+                slot.worker_id,
+                config,
             )
         return None
+
+
+def index_validation_shards(urls: list[str], max_samples: int | None, config_key: str) -> list[ShardIndex]:
+    """The sample lists of the validation shards in order, up to `max_samples` samples in all (None: all).
+    A damaged shard contributes the samples up to the damage, one that cannot be opened none; both are logged."""
+    indexes = []
+    remaining = max_samples
+    for url in urls:
+        if remaining == 0:
+            break
+        try:
+            index = index_shard(url, remaining)
+        except CorruptShardError as error:
+            log.warning("leaving out validation shard %s: %s <%s>", url, error, config_key)
+            continue
+        if index.damage is not None:
+            log.warning(
+                "validation shard %s ends in damage after %d sample headers (%s): a sample cut off there counts "
+                "as unreadable_shard, none after it is read <%s>",
+                url,
+                len(index.keys),
+                index.damage,
+                config_key,
+            )
+        indexes.append(index)
+        remaining = None if remaining is None else remaining - len(index.keys)
+    if not any(index.keys for index in indexes):
+        raise ValueError(f"{config_key}: the validation shards hold no sample ({urls[0]}, ...)")
+    return indexes
+
+
+def sample_metadata(members: dict[str, bytes]) -> dict[str, Any]:
+    """The `.json` member of a sample as a dict ({} when it has none).
+
+    Raises:
+        ValueError: the member is not UTF-8 JSON holding an object.
+    """
+    if "json" not in members:
+        return {}
+    try:
+        metadata = json.loads(members["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f".json is not JSON: {error}") from error
+    if not isinstance(metadata, dict):
+        raise ValueError(f".json holds a {type(metadata).__name__}, not an object")
+    return metadata
+
+
+def _videoid(members: dict[str, bytes]) -> str | None:
+    """The `videoid` of a sample's metadata, when it has readable metadata with one."""
+    try:
+        videoid = sample_metadata(members).get("videoid")
+    except ValueError:
+        return None
+    return None if videoid is None else str(videoid)
 
 
 def read_caption(members: dict[str, bytes]) -> str | None:
@@ -265,10 +421,9 @@ def read_caption(members: dict[str, bytes]) -> str | None:
     if text:
         return text
     try:
-        metadata = json.loads(members.get("json", b"{}"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        caption = sample_metadata(members).get("caption")
+    except ValueError:
         return None
-    caption = metadata.get("caption") if isinstance(metadata, dict) else None
     if not isinstance(caption, str):
         return None
     return caption.strip() or None

@@ -1,16 +1,25 @@
 """LightningDataModule for text-video WebDataset shards (WebVid via video2dataset, or the toy "shapes" set).
 
-Batches are `{"video": float [B, T, C, H, W] in [-1, 1], "caption": list[str], "key": list[str]}`.
+Batches (`clip_batches.py`) are `{"video": uint8 [B, T, C, H, W], "caption": list[str], "key": list[str],
+"valid": bool [B]}` out of the loaders; `on_after_batch_transfer` turns the video into float [-1, 1] on the
+device, so the workers, their queues and the host-to-device copy carry a quarter of float32's bytes.
 
 Epochs (see `video_clip_stream.py`): the training stream is endless; one epoch is
 `samples_per_epoch` samples over all ranks, i.e. `samples_per_epoch // world_size // batch_size`
-batches on every rank. Validation yields `val_samples // world_size // batch_size` batches per rank
-from the validation shards read in order, cycling a smaller set and truncating a larger one.
+batches on every rank. A validation pass reads the first `val_samples` samples of the validation shards
+in order (all of them when `val_samples` is null) exactly once over all ranks and workers, drops the faulty
+ones, and pads each worker's last batches (`valid` False) so that every rank runs the same number of
+batches; the module leaves the padding out of `val/loss` (a `trainer.limit_val_batches` below 1.0 cuts the
+pass short). With `num_workers > 0` the workers persist between epochs and validation passes.
 
 Rank and world size come from `torch.distributed` when it is initialised, else from the attached
 Lightning trainer (`global_rank`, `world_size`), else 0 and 1.
 
 With `toy_shards` set (`data=shapes`), `prepare_data` generates the toy shards if they are missing.
+
+Skipped samples: `teardown` logs how many were skipped per reason, summed over the workers and (on rank 0)
+over the ranks: for validation those of the last pass, in which each sample is read once; for training every
+reading, one per pass over the shards.
 
 Exact resume: the datamodule's `state_dict` (stored in every Lightning checkpoint) holds how many training
 batches this rank has consumed since the run started; after a restart the training stream continues with
@@ -21,12 +30,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from datamodules.clip_batches import unit_range_video
 from datamodules.frame_selection import FrameSelection
 from datamodules.shard_assignment import batches_per_rank
+from datamodules.stream_counters import SKIP_REASONS
 from datamodules.tar_samples import expand_shard_urls
 from datamodules.toy_shapes import ShapesShardSet
 from datamodules.video_clip_stream import VideoClipStream
@@ -47,7 +59,8 @@ class VideoDataModule(LightningDataModule):
         target_fps: resample the source to this frame rate (ART-V: 8); null to use `frame_stride`.
         height, width: clip frame size (resize to cover, centre crop).
         samples_per_epoch: training samples per epoch over all ranks.
-        val_samples: validation samples per validation run over all ranks.
+        val_samples: a validation pass reads the first `val_samples` samples of `val_urls` in order, each once
+            over all ranks (None: every sample).
         shuffle_buffer: encoded training samples held for shuffling (<= 1: none).
         seed: seed of shard order, shuffling and clip starts.
         pin_memory: DataLoader `pin_memory` (faster host-to-GPU copies).
@@ -67,7 +80,7 @@ class VideoDataModule(LightningDataModule):
         height: int,
         width: int,
         samples_per_epoch: int,
-        val_samples: int,
+        val_samples: int | None,
         shuffle_buffer: int,
         seed: int,
         pin_memory: bool,
@@ -129,6 +142,7 @@ class VideoDataModule(LightningDataModule):
                 num_samples=self.val_samples,
                 training=False,
                 config_key="data.val_urls",
+                samples_key="data.val_samples",
                 **common,
             )
 
@@ -162,8 +176,15 @@ class VideoDataModule(LightningDataModule):
             return []
         return self._loader(self.val_dataset)
 
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """uint8 video `[B, T, C, H, W]` -> float [-1, 1] on the device the batch was moved to."""
+        if "video" in batch:
+            batch["video"] = unit_range_video(batch["video"])
+        return batch
+
     def skip_counts(self) -> dict[str, dict[str, int]]:
-        """Skipped samples per reason on this rank (all its dataloader workers), for `train` and `val`."""
+        """Skipped samples per reason on this rank (all its dataloader workers), for `train` and `val` (the last
+        validation pass)."""
         return {
             name: dataset.skip_counts()
             for name, dataset in (("train", self.train_dataset), ("val", self.val_dataset))
@@ -171,12 +192,34 @@ class VideoDataModule(LightningDataModule):
         }
 
     def teardown(self, stage: str | None = None) -> None:
-        """Log how many samples were skipped, per reason."""
-        rank, _ = self._rank_and_world_size()
+        """Log how many samples were skipped per reason; under torch.distributed rank 0 logs the sum over the
+        ranks (a collective every rank joins), otherwise each rank its own."""
+        rank, world_size = self._rank_and_world_size()
+        summed = world_size > 1 and self.trainer is not None and dist.is_available() and dist.is_initialized()
+        scope = f"over {world_size} ranks" if summed else f"on rank {rank}"
+        what = {
+            "train": "readings of faulty training samples",
+            "val": "faulty samples in the last validation pass",
+        }
         for name, counts in self.skip_counts().items():
+            if summed:
+                counts = self._sum_over_ranks(counts)
             skipped = {reason: count for reason, count in counts.items() if count}
-            if skipped:
-                log.warning("skipped %s samples on rank %d: %s <data.skip_corrupt=true>", name, rank, skipped)
+            if skipped and (rank == 0 or not summed):
+                log.warning(
+                    "skipped %d %s %s: %s <data.skip_corrupt=true>",
+                    sum(skipped.values()),
+                    what[name],
+                    scope,
+                    skipped,
+                )
+
+    def _sum_over_ranks(self, counts: dict[str, int]) -> dict[str, int]:
+        """Counts summed over the ranks (a collective: every rank calls it with the same reasons)."""
+        strategy = self.trainer.strategy
+        local = torch.tensor([counts[reason] for reason in SKIP_REASONS], device=strategy.root_device)
+        total = strategy.reduce(local, reduce_op="sum").cpu()
+        return {reason: int(total[column]) for column, reason in enumerate(SKIP_REASONS)}
 
     def _loader(self, dataset: VideoClipStream) -> DataLoader:
         return DataLoader(
@@ -185,6 +228,8 @@ class VideoDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=True,
+            # workers start once, not at every epoch (an ART-V epoch is ~208 steps) and validation pass
+            persistent_workers=self.num_workers > 0,
         )
 
     def _rank_and_world_size(self) -> tuple[int, int]:

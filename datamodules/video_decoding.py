@@ -27,6 +27,10 @@ class CorruptVideoError(ValueError):
     """The bytes are not a decodable video (bad container, no video stream, broken bitstream)."""
 
 
+class NoVideoStreamError(CorruptVideoError):
+    """The container holds no video stream (audio only, subtitles)."""
+
+
 @dataclass(frozen=True)
 class DecodedClip:
     """A decoded clip.
@@ -117,7 +121,7 @@ def _decode(
 ) -> DecodedClip:
     with av.open(io.BytesIO(data), mode="r") as container:
         if not container.streams.video:
-            raise CorruptVideoError("the file has no video stream")
+            raise NoVideoStreamError("the file has no video stream")
         stream = container.streams.video[0]
         fps = _frame_rate(stream)
         num_frames = _frame_count(stream, container, fps)

@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from datamodules.clip_batches import valid_samples
 from modules.evaluation.caption_probe import caption_probe
 from modules.runtime.run_directory import register_resolvers
 from modules.runtime.sampling import build_model_for_sampling
@@ -34,6 +35,7 @@ def probe_batch(cfg: DictConfig) -> tuple[torch.Tensor, list[str]]:
     datamodule.setup("validate")
     videos, captions = [], []
     for batch in datamodule.val_dataloader():
+        batch = valid_samples(batch)  # float [-1, 1], validation padding dropped
         videos.append(batch["video"])
         captions.extend(batch["caption"])
         if len(captions) >= cfg.probe.num_clips:

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from data_fixtures import index_pattern_frames, index_video, read_frame_index
 
 from datamodules.frame_selection import FrameSelection, VideoTooShortError
 from datamodules.mp4_encoding import encode_mp4
 from datamodules.video_decoding import CorruptVideoError, ResizeGeometry, decode_clip
+from tests.helpers.data_shards import index_pattern_frames, index_video, read_frame_index
 
 
 def decoded_indices(frames: np.ndarray) -> list[int]:

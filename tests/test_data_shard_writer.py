@@ -8,13 +8,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from data_fixtures import index_video
 
 from datamodules.frame_selection import FrameSelection
 from datamodules.shard_writer import LeftOut, ShardSample, sample_key, write_shard_set
 from datamodules.tar_samples import iter_tar_samples
 from datamodules.video_clip_stream import VideoClipStream
 from datamodules.write_shards import main, read_webvid_csv
+from tests.helpers.data_shards import index_video
 from tests.helpers.video_files import (
     write_audio_only_file,
     write_random_file,

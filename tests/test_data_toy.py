@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from datamodules.clip_batches import valid_samples
 from datamodules.frame_selection import FrameSelection
 from datamodules.toy_scorer import parse_caption, score_batch, score_video
 from datamodules.toy_shapes import (
@@ -221,9 +222,10 @@ def test_shapes_config_works_from_nothing(tmp_path: Path):
     batch = train_batches[0]
     assert batch["video"].shape == (4, 8, 3, 32, 32)
     assert len(batch["caption"]) == len(batch["key"]) == 4
-    val_batches = list(datamodule.val_dataloader())
+    val_batches = [valid_samples(val_batch) for val_batch in datamodule.val_dataloader()]
     assert len(val_batches) == 2
     videos = torch.cat([val_batch["video"] for val_batch in val_batches])
+    assert len(videos) == 8 and videos.dtype == torch.float32
     captions = [caption for val_batch in val_batches for caption in val_batch["caption"]]
     assert score_batch(videos, captions)["joint_accuracy"] == 1.0
     skip_counts = datamodule.skip_counts()
@@ -282,6 +284,6 @@ def test_direction_free_data_config_makes_clips_that_are_whole_videos(tmp_path: 
     assert json.loads((root / "shapes_settings.json").read_text())["start"] == "direction_free"
     assert not (tmp_path / "data" / "shapes").exists()  # the default data stays as it is
     datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = valid_samples(next(iter(datamodule.train_dataloader())))
     assert batch["video"].shape == (4, 8, 3, 32, 32)
     assert score_batch(batch["video"], batch["caption"])["joint_accuracy"] == 1.0

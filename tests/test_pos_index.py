@@ -193,7 +193,7 @@ def test_command_line_builds_an_index_with_a_text_encoder_config(tmp_path):
 
 
 def test_samples_without_caption_or_video_are_skipped(tmp_path):
-    from tests.data_fixtures import sample_members, write_raw_shard
+    from tests.helpers.data_shards import sample_members, write_raw_shard
 
     make_sample = toy_sample_factory(POOL_SEED, "val", POOL_SIZE, POOL_FRAMES, 8.0)
     video = make_sample(0, "k").video

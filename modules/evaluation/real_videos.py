@@ -5,9 +5,9 @@ validation stream supplies the clips: shards read in order, centred clips at the
 or fps, resized to cover and centre-cropped, `[B, T, C, H, W]` in [-1, 1]. For the toy protocol its
 `prepare_data` first generates the toy shards if they are missing.
 
-The validation stream repeats a set smaller than `val_samples`; repeated clips would shrink the measured
-spread of the real distribution, so clips whose sample key was already used are dropped and the number of
-distinct clips is logged when it falls short. With `real_dir=...` the clips come from the video files of a folder instead, decoded with the
+A validation pass reads each sample of the set once (at most `val_samples` of them) and pads its last batches;
+the padding is dropped (`clip_batches.valid_samples`), as is any clip whose sample key was already used, and the
+number of distinct clips is logged when it falls short. With `real_dir=...` the clips come from the video files of a folder instead, decoded with the
 same frame selection and size settings of `real_data`.
 """
 
@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
+from datamodules.clip_batches import valid_samples
 from datamodules.frame_selection import FrameSelection
 from modules.evaluation.video_folder import VideoEntry, iter_video_batches, video_files
 
@@ -42,6 +43,7 @@ def real_clips_from_shards(real_data: DictConfig, max_videos: int) -> Iterator[T
     datamodule.setup("validate")
     seen: set[str] = set()
     for batch in datamodule.val_dataloader():
+        batch = valid_samples(batch)
         keep = []
         for position, key in enumerate(batch["key"]):
             if key not in seen and len(seen) < max_videos:

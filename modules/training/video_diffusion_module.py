@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from datamodules.clip_batches import select_samples
 from modules.autoencoder.frame_chunks import map_frame_chunks
 from modules.checkpoints.frozen_weights import (
     FINGERPRINT_KEY,
@@ -306,10 +307,18 @@ class VideoDiffusionModule(L.LightningModule):
             self.ema.update([(clean_parameter_name(n), p) for n, p in self.net.trainable_named_parameters()])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """eps-MSE of the batch's real samples: the padding that evens out the ranks' validation batches (`valid`
+        False, datamodules/clip_batches.py) is left out; a batch of padding alone still runs the net, as every rank
+        must, and weighs 0 in `val/loss`, the mean over all real samples of all ranks."""
         # a fixed generator per batch makes val/loss comparable between runs and checkpoints
         generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        valid = batch.get("valid")
+        real = len(batch["caption"]) if valid is None else int(valid.sum())
+        if 0 < real < len(batch["caption"]):
+            batch = select_samples(batch, valid)
         loss = self.diffusion_loss(batch, generator=generator)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
+        logged = loss if real else torch.zeros_like(loss)
+        self.log("val/loss", logged, prog_bar=True, sync_dist=True, batch_size=real)
         return loss
 
     def configure_optimizers(self) -> Any:

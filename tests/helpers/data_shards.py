@@ -1,4 +1,4 @@
-"""Helpers shared by the data tests: videos whose frames encode their own index, and raw shard writing."""
+"""Data-test helpers: videos whose frames encode their own index, and raw shard writing."""
 
 import io
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules.clip_batches import unit_range_video
 from datamodules.mp4_encoding import encode_mp4
 
 INDEX_BITS = 8
@@ -31,9 +32,10 @@ def index_pattern_frames(num_frames: int, height: int = 64, width: int = 64) -> 
 
 
 def read_frame_index(frame: np.ndarray | torch.Tensor) -> int:
-    """Index encoded by `index_pattern_frames` in one frame: uint8 `[H, W, 3]` or a tensor `[C, H, W]` in [-1, 1]."""
+    """Index encoded by `index_pattern_frames` in one frame: uint8 `[H, W, 3]`, or a tensor `[C, H, W]`, uint8 or
+    float in [-1, 1]."""
     if isinstance(frame, torch.Tensor):
-        gray = ((frame.mean(dim=0) + 1.0) * 127.5).numpy()
+        gray = ((unit_range_video(frame).mean(dim=0) + 1.0) * 127.5).numpy()
     else:
         gray = frame.astype(np.float64).mean(axis=-1)
     height, width = gray.shape
@@ -62,6 +64,14 @@ def write_raw_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def cut_shard_in_member(path: Path, member: str) -> Path:
+    """Cut a shard in the middle of the data of its member `member` (a truncated download)."""
+    with tarfile.open(path) as tar:
+        info = tar.getmember(member)
+    path.write_bytes(path.read_bytes()[: info.offset_data + info.size // 2])
     return path
 
 
