@@ -1,8 +1,11 @@
-"""Samplers against closed-form Gaussian cases, hand-computed steps, seeding and the configs.
+"""Samplers against closed-form Gaussian cases, hand-computed steps, seeding, the configs and the toy models.
 
-The closed-form model: data x0 ~ N(0, s^2 I) diffused by the SD schedule has x_t ~ N(0, v_t I) with
-v_t = a_t s^2 + 1 - a_t, and the exact (MMSE) eps model is eps(x_t, t) = sqrt(1 - a_t) x_t / v_t. With it
-every sampler step is linear in x plus independent Gaussian noise, so end-point variances are known exactly.
+The closed-form model: data x0 ~ N(mu, s^2 I) diffused by the SD schedule has x_t ~ N(sqrt(a_t) mu, v_t I) with
+v_t = a_t s^2 + 1 - a_t, and the exact (MMSE) eps model is eps(x_t, t) = sqrt(1 - a_t) (x_t - sqrt(a_t) mu) / v_t.
+With it every sampler step is affine in x plus independent Gaussian noise, so end points are known exactly. In the
+sigma parametrisation of the sgm samplers (x = x_VP / sqrt(a_t) = x0 + sigma eps) the denoiser is
+D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), and the probability-flow ODE dx/dsigma = (x - D) / sigma keeps
+(x - mu) / sqrt(s^2 + sigma^2) constant.
 """
 
 import itertools
@@ -17,7 +20,13 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from modules.diffusion.noise_schedule import NoiseSchedule
-from modules.diffusion.samplers import DDIMSampler, DPMPP2SAncestralSampler
+from modules.diffusion.samplers import (
+    DDIMSampler,
+    DPMPP2MSampler,
+    DPMPP2SAncestralSampler,
+    EulerAncestralSampler,
+)
+from tests.conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VIDEO_SHAPE = (4, 2, 5, 50, 100)  # [B, C, T, H, W]: 200 000 scalar samples
@@ -28,12 +37,12 @@ def schedule() -> NoiseSchedule:
     return NoiseSchedule()
 
 
-def gaussian_eps_model(schedule: NoiseSchedule, scale: float):
-    """Exact eps model for data N(0, scale^2): eps = sqrt(1 - a_t) x_t / (a_t scale^2 + 1 - a_t)."""
+def gaussian_eps_model(schedule: NoiseSchedule, scale: float, mean: float = 0.0):
+    """Exact eps model for data N(mean, scale^2): eps = sqrt(1 - a_t) (x_t - sqrt(a_t) mean) / (a_t scale^2 + 1 - a_t)."""
 
     def eps_model(x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
         a_t = schedule.alphas_cumprod_f64[t].to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
-        return (1 - a_t).sqrt() * x_t / (a_t * scale**2 + 1 - a_t)
+        return (1 - a_t).sqrt() * (x_t - a_t.sqrt() * mean) / (a_t * scale**2 + 1 - a_t)
 
     return eps_model
 
@@ -167,6 +176,149 @@ def test_dpmpp_2s_ancestral_ends_at_the_data_variance(schedule: NoiseSchedule, s
     assert x0.var().item() == pytest.approx(scale**4 / (scale**2 + sigma_last**2), rel=0.04)
 
 
+def flow_gain(scale: float, sigma_from: float, sigma_to: float) -> float:
+    """Exact probability flow of N(mu, s^2) data: x - mu -> flow_gain * (x - mu) from sigma_from to sigma_to."""
+    # (x - mu) / sqrt(s^2 + sigma^2) is constant along the flow
+    return math.sqrt(scale**2 + sigma_to**2) / math.sqrt(scale**2 + sigma_from**2)
+
+
+def relative_flow_error(
+    sampler: DPMPP2MSampler | EulerAncestralSampler, mean: float, scale: float, timestep: int
+) -> float:
+    """|x - x_exact| / |x_exact - mu| of the state where the sampler reaches grid `timestep`, x_exact the exact flow
+    from the same start (the map is affine about mu, so one scalar sample says it all)."""
+    states: list[Tensor] = []
+    noise = torch.ones(1, 1, dtype=torch.float64)
+    model = gaussian_eps_model(sampler.schedule, scale, mean)
+    sampler.sample(model, noise, cond={}, callback=lambda step, total, x, x0_pred: states.append(x))
+    sigmas, index = sampler.sigmas().tolist(), sampler.timesteps().tolist().index(timestep)
+    start = math.sqrt(1 + sigmas[0] ** 2)  # noise * sqrt(1 + sigma_0^2)
+    exact = mean + flow_gain(scale, sigmas[0], sigmas[index]) * (start - mean)
+    return abs(states[index - 1].item() - exact) / abs(exact - mean)
+
+
+def end_point_error(sampler: DPMPP2MSampler, mean: float, scale: float) -> float:
+    """The same relative error at the end point, whose exact value ends with sgm's last step x = D(x, sigma_last)."""
+    sigmas = sampler.sigmas().tolist()
+    sigma_0, sigma_last = sigmas[0], sigmas[-2]
+    start = math.sqrt(1 + sigma_0**2)
+    # exact flow to sigma_last, then D - mu = s^2 / (s^2 + sigma_last^2) (x - mu)
+    exact = mean + scale**2 / (scale**2 + sigma_last**2) * flow_gain(scale, sigma_0, sigma_last) * (
+        start - mean
+    )
+    model = gaussian_eps_model(sampler.schedule, scale, mean)
+    x0 = sampler.sample(model, torch.ones(1, 1, dtype=torch.float64), cond={})
+    return abs(x0.item() - exact) / abs(exact - mean)
+
+
+@pytest.mark.parametrize(("mean", "scale"), [(0.0, 0.5), (0.7, 2.0)])
+def test_dpmpp_2m_follows_the_exact_probability_flow(schedule: NoiseSchedule, mean: float, scale: float):
+    """DPM++ 2M with the exact denoiser against the closed-form ODE solution from the same start, per sample.
+
+    sgm's last step (sigma_last = sigma(19) = 0.1345 -> 0) is x = D(x, sigma_last), so the reference is the exact
+    flow from sigma_0 to sigma_last followed by that step: mu + s^2 / (s^2 + sigma_last^2) G (x_start - mu), G the
+    flow gain and x_start = noise * sqrt(1 + sigma_0^2). The solver's map is affine about mu too (its coefficients
+    sigma_next / sigma - expm1(-h) sum to 1), so all samples share one relative error: measured 0.40% (s = 0.5)
+    and 0.056% (s = 2) at 50 steps, asserted below 0.6%. The end variance is then the data's s^4 / (s^2 +
+    sigma_last^2) up to sgm's start N(0, 1 + sigma_0^2) for the marginal N(mu, s^2 + sigma_0^2) (a factor
+    (1 + sigma_0^2) / (s^2 + sigma_0^2): 1.0035 for s = 0.5, 0.986 for s = 2); asserted within 2%.
+    """
+    sampler = DPMPP2MSampler(schedule, num_steps=50, progress=False)
+    noise = torch.randn(VIDEO_SHAPE, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    x0 = sampler.sample(gaussian_eps_model(schedule, scale, mean), noise, cond={})
+
+    sigmas = sampler.sigmas().tolist()
+    sigma_0, sigma_last = sigmas[0], sigmas[-2]
+    gain = scale**2 / (scale**2 + sigma_last**2) * flow_gain(scale, sigma_0, sigma_last)
+    expected = mean + gain * (noise * math.sqrt(1 + sigma_0**2) - mean)
+    assert ((x0 - expected).norm() / (expected - mean).norm()).item() < 0.006
+    assert x0.var().item() == pytest.approx(scale**4 / (scale**2 + sigma_last**2), rel=0.02)
+
+
+@pytest.mark.parametrize(("mean", "scale"), [(0.0, 0.5), (0.7, 2.0)])
+def test_dpmpp_2m_converges_at_second_order(schedule: NoiseSchedule, mean: float, scale: float):
+    """Error against the exact flow at a fixed noise level as the steps shrink: DPM++ 2M is second order, Euler
+    (Euler ancestral with eta = 0 on the same grid) first order.
+
+    For n in {37, 111, 333} the grid is exactly t = 999 - k * 999 / n (steps of 27, 9 and 3), and every grid visits
+    t = 270 (sigma 0.749). A 3x smaller step divides a p-th order error by 3^p: measured 2M 9.1, 9.0 (s = 0.5) and
+    9.8, 9.3 (s = 2); Euler 3.0, 3.0. Asserted: 2M > 7, Euler in (2.5, 3.5).
+
+    The full run to sigma = 0 converges too (measured 0.43%, 0.40%, 0.25%, 0.14% for s = 0.5 and 0.11%, 0.056%,
+    0.025%, 0.011% for s = 2 at n = 25, 50, 100, 200; asserted decreasing), more slowly for s = 0.5: near t = 0
+    sigma(t) grows like sqrt(t), so the last steps (t = 2k -> k) keep a log-sigma length of about log(sqrt(2))
+    however large n is.
+    """
+    errors_2m = [
+        relative_flow_error(DPMPP2MSampler(schedule, n, progress=False), mean, scale, 270)
+        for n in (37, 111, 333)
+    ]
+    errors_euler = [
+        relative_flow_error(EulerAncestralSampler(schedule, n, eta=0.0, progress=False), mean, scale, 270)
+        for n in (37, 111, 333)
+    ]
+    for coarse, fine in itertools.pairwise(errors_2m):
+        assert coarse / fine > 7
+    for coarse, fine in itertools.pairwise(errors_euler):
+        assert 2.5 < coarse / fine < 3.5
+    assert errors_2m[0] < errors_euler[0] / 10
+
+    end_errors = [
+        end_point_error(DPMPP2MSampler(schedule, n, progress=False), mean, scale) for n in (25, 50, 100, 200)
+    ]
+    assert all(coarse > fine for coarse, fine in itertools.pairwise(end_errors))
+    assert end_errors[-1] < 0.002
+
+
+@pytest.mark.parametrize(("mean", "scale"), [(0.0, 0.5), (0.7, 2.0)])
+def test_euler_ancestral_mean_and_variance(schedule: NoiseSchedule, mean: float, scale: float):
+    """Euler ancestral (eta = 1) with the exact denoiser: per step x - mu -> g (x - mu) + sigma_up z with
+    g = 1 + (1 - c)(sigma_down / sigma - 1), c = s^2 / (s^2 + sigma^2) and sigma_down = sigma_next^2 / sigma, i.e.
+    g = (s^2 + sigma_next^2) / (s^2 + sigma^2) (c at the last step, x = D(x)).
+
+    Mean: the product of g telescopes, so for any n the mean ends at exactly mu (1 - s^2 / (s^2 + sigma_0^2)): sgm's
+    zero-mean start is forgotten but for that fraction (0.0012 for s = 0.5, 0.018 for s = 2). Asserted within 5
+    standard errors of the 200k-sample mean.
+    Variance: V <- g^2 V + sigma_up^2. From the exact marginal s^2 + sigma^2 one step ends
+    s^2 (sigma^2 - sigma_next^2)^2 / (sigma^2 (s^2 + sigma^2)) short of s^2 + sigma_next^2, first order in the
+    step: 50 steps end at 0.872 (s = 0.5) / 0.925 (s = 2) of the data's s^4 / (s^2 + sigma_last^2), 100 at 0.915 /
+    0.960, 200 at 0.947 / 0.979, 400 at 0.968 / 0.989. Asserted: the propagated value per sample (replayed noise),
+    the sample variance within 2% of it, and the shortfall shrinking by > 1.4x per doubling of n, under 4% at 400.
+    """
+    generator = torch.Generator().manual_seed(13)
+    noise = torch.randn(VIDEO_SHAPE, generator=generator, dtype=torch.float64)
+    sampler = EulerAncestralSampler(schedule, num_steps=50, progress=False)
+    x0 = sampler.sample(gaussian_eps_model(schedule, scale, mean), noise, cond={}, generator=generator)
+
+    def propagate(sigmas: list[float], draws: list[Tensor] | None) -> tuple[Tensor | None, float]:
+        """(x per sample from the replayed draws, or None; the end variance) of Euler ancestral on `sigmas`."""
+        x = None if draws is None else draws[0] * math.sqrt(1 + sigmas[0] ** 2)
+        variance = 1 + sigmas[0] ** 2
+        for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
+            sigma_up = min(sigma_next, math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+            gain = (scale**2 + sigma_next**2) / (scale**2 + sigma**2)
+            variance = gain**2 * variance + sigma_up**2
+            if x is not None:
+                x = mean + gain * (x - mean)
+                if sigma_next > 0:
+                    x = x + sigma_up * draws[i + 1]
+        return x, variance
+
+    sigmas = sampler.sigmas().tolist()
+    expected, variance = propagate(sigmas, replay_noise(13, len(sigmas) - 2))
+    assert torch.allclose(x0, expected, rtol=1e-9, atol=1e-11)
+    assert x0.var().item() == pytest.approx(variance, rel=0.02)
+    expected_mean = mean * (1 - scale**2 / (scale**2 + sigmas[0] ** 2))
+    assert abs(x0.mean().item() - expected_mean) < 5 * math.sqrt(variance / x0.numel())
+
+    shortfalls = []
+    for num_steps in (50, 100, 200, 400):
+        grid = EulerAncestralSampler(schedule, num_steps=num_steps, progress=False).sigmas().tolist()
+        shortfalls.append(1 - propagate(grid, None)[1] / (scale**4 / (scale**2 + grid[-2] ** 2)))
+    assert all(coarse / fine > 1.4 for coarse, fine in itertools.pairwise(shortfalls))
+    assert 0 < shortfalls[-1] < 0.04
+
+
 @pytest.mark.parametrize("scale", [0.5, 2.0])
 def test_ddim_invert_then_sample_round_trip(schedule: NoiseSchedule, scale: float):
     """Standard inversion uses eps(x_prev, t) for eps(x_t, t): with the linear model one inverse step is
@@ -196,6 +348,7 @@ def test_seeded_generator_reproduces_bit_for_bit(schedule: NoiseSchedule):
     for sampler in (
         DDIMSampler(schedule, num_steps=10, eta=1.0, progress=False),
         DPMPP2SAncestralSampler(schedule, num_steps=10, progress=False),
+        EulerAncestralSampler(schedule, num_steps=10, progress=False),
     ):
         noise = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
         runs = [
@@ -274,11 +427,106 @@ def test_dpmpp_sigmas_and_first_step_by_hand(schedule: NoiseSchedule):
     assert [step[:2] for step in steps] == [(i, 50) for i in range(50)]
 
 
+def test_dpmpp_2m_is_deterministic_whatever_the_generator(schedule: NoiseSchedule):
+    sampler = DPMPP2MSampler(schedule, num_steps=10, progress=False)
+    model = gaussian_eps_model(schedule, 1.0)
+    noise = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    runs = [
+        sampler.sample(model, noise, cond={}, generator=generator)
+        for generator in (None, torch.Generator().manual_seed(11), torch.Generator().manual_seed(12))
+    ]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def denoise_by_hand(schedule: NoiseSchedule, x: Tensor, sigma: float) -> tuple[Tensor, Tensor, int]:
+    """(D, model input, timestep) of sgm's denoiser with `linear_eps_model`, sigma a grid sigma."""
+    timestep = int((schedule.sigmas_f64 - sigma).abs().argmin())
+    model_input = x / math.sqrt(sigma**2 + 1)
+    return x - sigma * linear_eps_model(model_input, None, {}), model_input, timestep
+
+
+def test_dpmpp_2m_steps_by_hand(schedule: NoiseSchedule):
+    """Three steps (timesteps 999, 666, 333, then sigma 0): a first-order step, a second-order step with
+    r = h_last / h, and the last step x = D."""
+    sampler = DPMPP2MSampler(schedule, num_steps=3, progress=False)
+    assert sampler.timesteps().tolist() == [999, 666, 333]
+    sigmas = sampler.sigmas().tolist()
+    assert sigmas[-1] == 0.0
+
+    inputs: list[tuple[Tensor, Tensor]] = []
+    steps: list[tuple[int, int, Tensor, Tensor]] = []
+
+    def model(x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        inputs.append((x_t, t))
+        return linear_eps_model(x_t, t, cond)
+
+    noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sampler.sample(model, noise, cond={}, callback=lambda *args: steps.append(args))
+    assert len(inputs) == 3  # one network evaluation per step
+    assert [step[:2] for step in steps] == [(i, 3) for i in range(3)]
+
+    lambdas = [-math.log(sigma) for sigma in sigmas[:3]]  # t = -log(sigma)
+    x = noise * math.sqrt(1 + sigmas[0] ** 2)
+    d0, input0, t0 = denoise_by_hand(schedule, x, sigmas[0])
+    assert torch.allclose(inputs[0][0], input0, atol=1e-12) and inputs[0][1].tolist() == [t0] * 2 == [999] * 2
+    h0 = lambdas[1] - lambdas[0]
+    x = sigmas[1] / sigmas[0] * x - math.expm1(-h0) * d0
+    assert torch.allclose(steps[0][2], x, atol=1e-12) and torch.allclose(steps[0][3], d0, atol=1e-12)
+
+    d1, input1, t1 = denoise_by_hand(schedule, x, sigmas[1])
+    assert torch.allclose(inputs[1][0], input1, atol=1e-12) and inputs[1][1].tolist() == [t1] * 2 == [666] * 2
+    h1 = lambdas[2] - lambdas[1]
+    r = h0 / h1
+    x = sigmas[2] / sigmas[1] * x - math.expm1(-h1) * ((1 + 1 / (2 * r)) * d1 - 1 / (2 * r) * d0)
+    assert torch.allclose(steps[1][2], x, atol=1e-12)
+
+    d2, _, t2 = denoise_by_hand(schedule, x, sigmas[2])
+    assert inputs[2][1].tolist() == [t2] * 2 == [333] * 2
+    assert torch.allclose(out, d2, atol=1e-12) and torch.equal(steps[2][2], out)
+
+
+def test_euler_ancestral_steps_by_hand(schedule: NoiseSchedule):
+    """Two steps (timesteps 999, 499, then sigma 0): an Euler step to sigma_down plus sigma_up z, then x = D."""
+    sampler = EulerAncestralSampler(schedule, num_steps=2, eta=1.0, s_noise=0.5, progress=False)
+    assert sampler.timesteps().tolist() == [999, 499]
+    sigma, sigma_next = sampler.sigmas().tolist()[:2]
+    steps: list[tuple[int, int, Tensor, Tensor]] = []
+    noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = sampler.sample(
+        linear_eps_model,
+        noise,
+        cond={},
+        generator=torch.Generator().manual_seed(4),
+        callback=lambda *args: steps.append(args),
+    )
+
+    x = noise * math.sqrt(1 + sigma**2)
+    d0, _, _ = denoise_by_hand(schedule, x, sigma)
+    sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    z = torch.randn(noise.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    # Euler: x + (x - D) / sigma * (sigma_down - sigma), then s_noise * sigma_up * z
+    x = x + (x - d0) / sigma * (sigma_down - sigma) + 0.5 * sigma_up * z
+    assert torch.allclose(steps[0][2], x, atol=1e-12) and torch.allclose(steps[0][3], d0, atol=1e-12)
+    d1, _, _ = denoise_by_hand(schedule, x, sigma_next)
+    assert torch.allclose(out, d1, atol=1e-12)
+
+    deterministic = EulerAncestralSampler(schedule, num_steps=2, eta=0.0, progress=False)
+    x = noise * math.sqrt(1 + sigma**2)
+    x = x + (x - d0) / sigma * (sigma_next - sigma)  # eta = 0: sigma_down = sigma_next, no noise
+    expected = denoise_by_hand(schedule, x, sigma_next)[0]
+    assert torch.allclose(deterministic.sample(linear_eps_model, noise, cond={}), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        EulerAncestralSampler(schedule, num_steps=2, eta=-1.0)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("ddim", {"num_steps": 50, "eta": 0.0}),
         ("dpmpp_2s_ancestral", {"num_steps": 50, "eta": 1.0, "s_noise": 1.0}),
+        ("dpmpp_2m", {"num_steps": 50}),
+        ("euler_ancestral", {"num_steps": 50, "eta": 1.0, "s_noise": 1.0}),
     ],
 )
 def test_sampler_configs_are_partials_taking_the_schedule(schedule: NoiseSchedule, name: str, expected: dict):
@@ -290,7 +538,9 @@ def test_sampler_configs_are_partials_taking_the_schedule(schedule: NoiseSchedul
         factory(schedule=None)
 
 
-@pytest.mark.parametrize("sampler_class", [DDIMSampler, DPMPP2SAncestralSampler])
+@pytest.mark.parametrize(
+    "sampler_class", [DDIMSampler, DPMPP2SAncestralSampler, DPMPP2MSampler, EulerAncestralSampler]
+)
 def test_x0_range_clips_every_predicted_x0(sampler_class):
     """A model that predicts a far-off x0 (eps = 0 on unit noise means x0 = x / sqrt(a_t), up to ~15) is held to
     `x0_range`, and the result lies in it; without the range the same model leaves that range."""
@@ -317,3 +567,37 @@ def test_x0_range_clips_every_predicted_x0(sampler_class):
     )
     with pytest.raises(ValueError, match="x0_range"):
         sampler_class(schedule, num_steps=10, x0_range=(1.0, -1.0))
+
+
+@pytest.mark.parametrize("sampler_name", ["dpmpp_2m", "euler_ancestral"])
+@pytest.mark.parametrize(("experiment", "num_frames"), [("toy_scvideo", 4), ("toy_artv", 3)])
+def test_sampler_drives_a_tiny_model_through_its_config(
+    experiment: str, num_frames: int, sampler_name: str, tmp_path: Path
+):
+    """`sampler=<name>` composed with a toy experiment: the module builds the sampler with its own schedule and
+    generates a video (SCVideo jointly, ART-V frame by frame, each frame a full sampler run)."""
+    cfg = compose_config(
+        "train",
+        [
+            f"experiment={experiment}",
+            f"sampler={sampler_name}",
+            "sampler.num_steps=3",
+            "sampler.progress=false",
+        ],
+        tmp_path,
+    )
+    module = instantiate(cfg.model).eval()
+    sampler_class = {"dpmpp_2m": DPMPP2MSampler, "euler_ancestral": EulerAncestralSampler}[sampler_name]
+    assert type(module.sampler) is sampler_class and module.sampler.num_steps == 3
+    assert module.sampler.schedule is module.schedule
+    size = cfg.resolution.height
+    video = module.generate(
+        ["a red circle moving left"],
+        num_frames=num_frames,
+        height=size,
+        width=size,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    assert video.shape == (1, num_frames, 3, size, size)
+    assert bool(torch.isfinite(video).all()) and float(video.abs().max()) <= 1.0

@@ -1,4 +1,5 @@
-"""Diffusion maths: the noise schedule, guidance (CFG, ART-V eq. (1)) and samplers (DDIM, DPM++ 2S ancestral)."""
+"""Diffusion maths: the noise schedule, guidance (CFG, ART-V eq. (1)) and samplers (DDIM, DPM++ 2S ancestral,
+DPM++ 2M, Euler ancestral)."""
 
 from modules.diffusion.guidance import (
     ClassifierFreeGuidance,
