@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from datamodules.video_decoding import ResizeGeometry
-from modules.runtime.checkpoint_discovery import newest_complete_checkpoint
+from modules.checkpoints.sharded import load_checkpoint_metadata, load_sharded_weights
+from modules.runtime.checkpoint_discovery import newest_complete_checkpoint, sharded_checkpoint_problem
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def find_latest_training_checkpoint(log_dir: str | Path) -> Path | None:
 
 
 def resolve_sampling_checkpoint(ckpt_path: str | None, log_dir: str | Path) -> Path | None:
-    """`null` -> none; `latest` -> newest training checkpoint if any; else the given file, which must exist."""
+    """`null` -> none; `latest` -> newest training checkpoint if any; else the given file or sharded FSDP directory,
+    which must exist (a directory must be a complete sharded checkpoint)."""
     if ckpt_path is None:
         return None
     if ckpt_path == "latest":
@@ -47,8 +49,13 @@ def resolve_sampling_checkpoint(ckpt_path: str | None, log_dir: str | Path) -> P
             )
         return found
     path = Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} <ckpt_path>")
+    problem = sharded_checkpoint_problem(path) if path.is_dir() else None
+    if problem is not None:
+        raise ValueError(
+            f"ckpt_path={path} is a directory but no complete sharded checkpoint: {problem} <ckpt_path>"
+        )
     return path
 
 
@@ -76,12 +83,12 @@ def _model_config(cfg: DictConfig) -> DictConfig:
 
 def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
     """The network architecture comes from the checkpoint's stored run config (so it always matches the weights);
-    sampler and guidance come from this sampling config (so they can be changed from the command line)."""
+    sampler and guidance come from this sampling config (so they can be changed from the command line). A sharded
+    FSDP checkpoint directory is consolidated here, in this one process (modules/checkpoints/sharded.py)."""
     checkpoint_path = resolve_sampling_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
     if checkpoint_path is None:
         return instantiate(_model_config(cfg))
-    # weights_only: a checkpoint never gets to run code; ours hold only tensors and plain containers
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_metadata(checkpoint_path)
     model_cfg = _model_config(cfg)
     stored = checkpoint.get("run_config")
     if stored is not None:
@@ -98,7 +105,10 @@ def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
     # frozen weights a checkpoint leaves out come from the pretrained file: it must be the one trained on
     model.check_frozen_weights(checkpoint, str(checkpoint_path))
     model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    if checkpoint_path.is_dir():
+        load_sharded_weights(model, checkpoint_path)
+    else:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
     log.info("loaded %s (step %s) <ckpt_path>", checkpoint_path, checkpoint.get("global_step", "?"))
     if cfg.get("use_ema", True):
         if model.ema is None:
