@@ -11,7 +11,8 @@ class EMAWeightSwap(L.Callback):
     """Swap the EMA weights into `pl_module.net` for every validation epoch.
 
     The swap happens in `on_validation_epoch_start` and is undone in `on_validation_epoch_end`, so the
-    optimizer always continues from the raw training weights.
+    optimizer always continues from the raw training weights. Under FSDP both hooks gather the full parameters, on
+    every rank (`VideoDiffusionModule.ema_weights`).
     """
 
     def __init__(self, enabled: bool = True) -> None:
@@ -19,11 +20,10 @@ class EMAWeightSwap(L.Callback):
         self._stack: ExitStack | None = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ema = getattr(pl_module, "ema", None)
-        if not self.enabled or ema is None:
+        if not self.enabled or getattr(pl_module, "ema", None) is None:
             return
         self._stack = ExitStack()
-        self._stack.enter_context(ema.swapped_in(pl_module.net.trainable_named_parameters()))
+        self._stack.enter_context(pl_module.ema_weights())
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._stack is not None:

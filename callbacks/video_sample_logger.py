@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+from contextlib import nullcontext
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from datamodules.mp4_encoding import video_tensor_to_uint8
+from modules.training.fsdp import call_through_root
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def gif_summary(tag: str, frames: np.ndarray, fps: float) -> Summary:
 class VideoSampleLogger(L.Callback):
     """Every `every_n_steps` optimizer steps, generate one video per prompt (EMA weights when available)
     with a fixed seed and log them to TensorBoard as animated GIFs `samples/<i>` (images tab) with their prompts.
+    Every rank generates the same videos (FSDP needs every rank in each forward); rank 0 writes them.
 
     Args:
         prompts: the fixed validation prompts.
@@ -79,23 +81,26 @@ class VideoSampleLogger(L.Callback):
         self._last_logged_step = step
         self._log_samples(trainer, pl_module, step)
 
-    @rank_zero_only
     def _log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """Every rank generates (under FSDP each forward all-gathers the parameters, so rank 0 cannot generate
+        alone); rank 0 writes."""
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or not self.prompts:
             return
         was_training = pl_module.training
         pl_module.eval()
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        ema = getattr(pl_module, "ema", None) if self.use_ema else None
+        weights = pl_module.ema_weights() if self.use_ema else nullcontext()
         try:
-            if ema is not None:
-                with ema.swapped_in(pl_module.net.trainable_named_parameters()):
-                    video = self._generate(pl_module, generator)
-            else:
-                video = self._generate(pl_module, generator)
+            with weights:
+                video = self._generate(trainer, pl_module, generator)
         finally:
             pl_module.train(was_training)
+        if trainer.is_global_zero:
+            self._write(loggers, video, step)
+
+    def _write(self, loggers: list[TensorBoardLogger], video: torch.Tensor, step: int) -> None:
+        """The videos `[N, T, 3, H, W]` in [-1, 1] as GIF summaries `samples/<i>`, with their prompts."""
         for logger in loggers:
             writer = logger.experiment
             for index, prompt in enumerate(self.prompts):
@@ -108,8 +113,13 @@ class VideoSampleLogger(L.Callback):
             step,
         )
 
-    def _generate(self, pl_module: L.LightningModule, generator: torch.Generator) -> torch.Tensor:
-        return pl_module.generate(
+    def _generate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, generator: torch.Generator
+    ) -> torch.Tensor:
+        return call_through_root(
+            trainer.strategy,
+            pl_module,
+            "generate",
             self.prompts,
             num_frames=self.num_frames,
             height=self.height,

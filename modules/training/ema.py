@@ -7,8 +7,9 @@ weights are never stored twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,16 +77,28 @@ class ExponentialMovingAverage(nn.Module):
             param.copy_(shadow.to(param.dtype))
 
     @contextmanager
-    def swapped_in(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> Iterator[None]:
-        """Temporarily load the EMA weights into the parameters (validation, sampling); restore on exit."""
+    def swapped_in(
+        self,
+        named_parameters: Iterable[tuple[str, nn.Parameter]],
+        whole: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> Iterator[None]:
+        """Temporarily load the EMA weights into the parameters (validation, sampling); restore on exit.
+
+        whole: a context in which the parameters have their full shapes and writes to them persist; every write, the
+            swap and the restore, happens inside it. Under FSDP, where each rank holds a flat slice of every parameter,
+            that is `full_parameters(strategy, writeback=True)` (modules/training/fsdp.py), which every rank must
+            enter. Writing to the slices directly would not do: after a forward without backward (validation,
+            sampling) FSDP keeps the root unit's gathered parameters and uses them, unchanged, for the next forward
+            and for checkpoints. The backup is then of the full weights, on every rank, like the shadows.
+        """
         params = self._matched(named_parameters)
-        backup = [p.detach().clone() for p in params]
+        with whole(), torch.no_grad():
+            backup = [p.detach().clone() for p in params]
+            for param, shadow in zip(params, self.shadows(), strict=True):
+                param.copy_(shadow.to(param.dtype))
         try:
-            with torch.no_grad():
-                for param, shadow in zip(params, self.shadows(), strict=True):
-                    param.copy_(shadow.to(param.dtype))
             yield
         finally:
-            with torch.no_grad():
+            with whole(), torch.no_grad():
                 for param, saved in zip(params, backup, strict=True):
                     param.copy_(saved)

@@ -12,6 +12,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -35,7 +36,12 @@ from modules.checkpoints.sd_checkpoint import load_sd_checkpoint
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.training.condition_dropout import drop_conditions
 from modules.training.ema import ExponentialMovingAverage
-from modules.training.fsdp import clean_parameter_name, full_parameters, loads_checkpoint_weights_itself
+from modules.training.fsdp import (
+    clean_parameter_name,
+    full_parameters,
+    loads_checkpoint_weights_itself,
+    sharded_root,
+)
 from modules.video_denoiser import VideoDenoiser
 
 log = logging.getLogger(__name__)
@@ -305,6 +311,33 @@ class VideoDiffusionModule(L.LightningModule):
             return
         with full_parameters(strategy):
             self.ema.update([(clean_parameter_name(n), p) for n, p in self.net.trainable_named_parameters()])
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping (`trainer.gradient_clip_val`, `gradient_clip_algorithm`), except by norm under FSDP:
+        there the norm is of the whole gradient, all ranks' slices together, through the root FSDP module's
+        `clip_grad_norm_` (every rank joins), which Lightning's FSDP precision plugin does not do."""
+        root = sharded_root(self.trainer.strategy)
+        if root is None or not gradient_clip_val or gradient_clip_algorithm == "value":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        root.clip_grad_norm_(gradient_clip_val)
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The EMA weights in the net for the block (validation, sample videos), the training weights restored on
+        exit; without EMA the training weights. Under FSDP every rank must enter it (modules/training/fsdp.py)."""
+        if self.ema is None:
+            yield
+            return
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        named = [(clean_parameter_name(n), p) for n, p in self.net.trainable_named_parameters()]
+        with self.ema.swapped_in(named, whole=partial(full_parameters, strategy, writeback=True)):
+            yield
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """eps-MSE of the batch's real samples: the padding that evens out the ranks' validation batches (`valid`

@@ -74,3 +74,63 @@ class SignalOnce(L.Callback):
         if not self._resumed and trainer.global_step == self.step - 1:
             self._resumed = True
             os.kill(os.getpid(), self.signum)
+
+
+class ShardedTrainingProbe(L.Callback):
+    """Records, on every rank, what FSDP makes hard to see, as JSON lines in `<directory>/rank<R>.jsonl`: the norm of
+    the whole gradient (all ranks' slices) before and after clipping, and during / after each validation the
+    largest difference of the whole trainable weights from the EMA shadows / from the training weights.
+
+    Register it after `callbacks.ema_weight_swap` (a `+callbacks.<name>` entry is), so that its validation hooks
+    see the swapped-in and the restored weights."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self._training_weights: torch.Tensor | None = None
+
+    def _write(self, trainer: L.Trainer, record: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / f"rank{trainer.global_rank}.jsonl", "a") as stream:
+            stream.write(json.dumps({"step": trainer.global_step, **record}) + "\n")
+
+    @staticmethod
+    def _gradient_norm(pl_module: L.LightningModule) -> float:
+        """sqrt of the sum over ranks of each rank's squared gradient slices (FULL_SHARD: disjoint slices)."""
+        grads = [p.grad for _, p in pl_module.net.trainable_named_parameters() if p.grad is not None]
+        squares = torch.stack([g.detach().double().pow(2).sum() for g in grads]).sum()
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(squares)
+        return float(squares.sqrt())
+
+    @staticmethod
+    def _whole_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        from modules.training.fsdp import full_parameters
+
+        with full_parameters(trainer.strategy):
+            return torch.cat(
+                [p.detach().flatten().clone() for _, p in pl_module.net.trainable_named_parameters()]
+            )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._write(trainer, {"event": "before_clipping", "grad_norm": self._gradient_norm(pl_module)})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._write(trainer, {"event": "after_clipping", "grad_norm": self._gradient_norm(pl_module)})
+        self._training_weights = self._whole_weights(trainer, pl_module)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        weights = self._whole_weights(trainer, pl_module)
+        ema = torch.cat([shadow.flatten() for shadow in pl_module.ema.shadows()])
+        record = {"event": "validation", "from_ema": float((weights - ema).abs().max())}
+        if self._training_weights is not None:
+            record["ema_from_training"] = float((self._training_weights - ema).abs().max())
+        self._write(trainer, record)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._training_weights is None:
+            return
+        weights = self._whole_weights(trainer, pl_module)
+        self._write(
+            trainer,
+            {"event": "restored", "from_training": float((weights - self._training_weights).abs().max())},
+        )
