@@ -231,7 +231,9 @@ def encode_latent_shards(
     if cfg.data.get("toy_shards") is not None:
         from hydra.utils import instantiate
 
-        instantiate(cfg.data.toy_shards).generate()  # the toy videos, made on first use as the datamodule does
+        instantiate(
+            cfg.data.toy_shards
+        ).generate()  # the toy videos, made on first use as the datamodule does
     key = f"data.{split}_urls"
     urls = expand_shard_urls(cfg.data[f"{split}_urls"], key)
     out = Path(out)

@@ -53,6 +53,7 @@ from einops import rearrange
 from torch.utils.data import IterableDataset, get_worker_info
 
 from datamodules.frame_selection import FrameSelection, VideoTooShortError
+from datamodules.latent_shards import MOMENTS_MEMBER, TEXT_MEMBER, decode_array
 from datamodules.shard_assignment import (
     ShardAssignment,
     WorkerSlot,
@@ -124,6 +125,7 @@ class VideoClipStream(IterableDataset):
         skip_corrupt: bool = True,
         config_key: str = "data.train_urls",
         samples_key: str = "data.samples_per_epoch",
+        latent_shards: bool = False,
     ) -> None:
         super().__init__()
         if not urls:
@@ -152,6 +154,8 @@ class VideoClipStream(IterableDataset):
         self.seed = seed
         self.skip_corrupt = skip_corrupt
         self.config_key = config_key
+        self.latent_shards = latent_shards
+        self._latent_shape: tuple[int, ...] | None = None  # [M, h, w] of the stored moments, for padding
         self.base_epoch = 0
         self.resume_batches = 0
         self.counters = StreamCounters(max(1, num_workers))
@@ -305,6 +309,8 @@ class VideoClipStream(IterableDataset):
         self, sample: RawSample, slot: WorkerSlot, rng: np.random.Generator | None, log_skips: bool
     ) -> Item | None:
         """Decode one sample to `{"video": uint8 [T, C, H, W], "caption", "key", "valid"}`, or count and skip it."""
+        if self.latent_shards:
+            return self._latent_item(sample, slot, rng, log_skips)
         extension = next((ext for ext in VIDEO_EXTENSIONS if ext in sample.members), None)
         if extension is None:
             members = ", ".join(sorted(sample.members)) or "none"
@@ -331,8 +337,49 @@ class VideoClipStream(IterableDataset):
         video = rearrange(torch.from_numpy(clip.frames), "t h w c -> t c h w")
         return {"video": video, "caption": caption, "key": sample.key, "valid": torch.tensor(True)}
 
+    def _latent_item(
+        self, sample: RawSample, slot: WorkerSlot, rng: np.random.Generator | None, log_skips: bool
+    ) -> Item | None:
+        """A latent-shard sample (datamodules/latent_shards.py) to `{"moments": [T, M, h, w] (stored dtype), "caption",
+        "key", "valid"}` (plus `text_embedding` `[L, D]` when stored): T consecutive stored frames, from a random
+        start (training) or the centred one (validation), as the video clip's start is drawn."""
+        data = sample.members.get(MOMENTS_MEMBER)
+        if not data:
+            return self._skip("missing_video", slot, sample, f"no {sample.key}.{MOMENTS_MEMBER}", log_skips)
+        caption = read_caption(sample.members)
+        if caption is None:
+            return self._skip("missing_caption", slot, sample, "no .txt nor json 'caption'", log_skips)
+        try:
+            moments = decode_array(data)
+        except ValueError as error:
+            return self._skip("corrupt", slot, sample, f"{MOMENTS_MEMBER}: {error}", log_skips)
+        clip_frames, stored = self.selection.num_frames, moments.shape[0]
+        if stored < clip_frames:
+            detail = f"{stored} stored frames, the clip needs {clip_frames}"
+            return self._skip("too_short", slot, sample, detail, log_skips)
+        last_start = stored - clip_frames
+        start = int(rng.integers(0, last_start + 1)) if rng is not None else last_start // 2
+        self._latent_shape = tuple(moments.shape[1:])
+        item: Item = {
+            "moments": torch.from_numpy(np.ascontiguousarray(moments[start : start + clip_frames])),
+            "caption": caption,
+            "key": sample.key,
+            "valid": torch.tensor(True),
+        }
+        if TEXT_MEMBER in sample.members:
+            item["text_embedding"] = torch.from_numpy(decode_array(sample.members[TEXT_MEMBER]))
+        return item
+
     def _padding(self) -> Item:
-        """A padding item: zero video, empty caption and key, `valid` False."""
+        """A padding item: zero video (or moments), empty caption and key, `valid` False."""
+        if self.latent_shards:
+            if (
+                self._latent_shape is None
+            ):  # this worker read no usable sample: take the shape from the first one
+                first = next(iter_tar_samples(self.urls[0]))
+                self._latent_shape = tuple(decode_array(first.members[MOMENTS_MEMBER]).shape[1:])
+            moments = torch.zeros(self.selection.num_frames, *self._latent_shape, dtype=torch.float16)
+            return {"moments": moments, "caption": "", "key": "", "valid": torch.tensor(False)}
         video = torch.zeros(self.selection.num_frames, 3, self.height, self.width, dtype=torch.uint8)
         return {"video": video, "caption": "", "key": "", "valid": torch.tensor(False)}
 

@@ -66,6 +66,8 @@ class VideoDataModule(LightningDataModule):
         pin_memory: DataLoader `pin_memory` (faster host-to-GPU copies).
         skip_corrupt: skip and count faulty samples (True) or raise on the first one (False).
         toy_shards: a toy data generator whose shards `prepare_data` writes when missing (`data=shapes`).
+        latent_shards: the shards hold first-stage moments (`python -m datamodules.encode_latents`), batches carry
+            `moments` `[B, T, M, h, w]` instead of `video` (`data=webvid_latents`, `data=shapes_latents`).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class VideoDataModule(LightningDataModule):
         pin_memory: bool,
         skip_corrupt: bool = True,
         toy_shards: ShapesShardSet | None = None,
+        latent_shards: bool = False,
     ) -> None:
         super().__init__()
         self.selection = FrameSelection(num_frames, frame_stride=frame_stride, target_fps=target_fps)
@@ -104,6 +107,7 @@ class VideoDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.skip_corrupt = skip_corrupt
         self.toy_shards = toy_shards
+        self.latent_shards = latent_shards
         self.train_dataset: VideoClipStream | None = None
         self.val_dataset: VideoClipStream | None = None
         self._resume_batches: int | None = None
@@ -126,6 +130,7 @@ class VideoDataModule(LightningDataModule):
             "num_workers": self.num_workers,
             "seed": self.seed,
             "skip_corrupt": self.skip_corrupt,
+            "latent_shards": self.latent_shards,
         }
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = VideoClipStream(
