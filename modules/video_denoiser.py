@@ -10,7 +10,8 @@ noise schedule, eps-MSE loss, condition dropout, EMA, optimisation, logging) is 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -99,3 +100,11 @@ class VideoDenoiser(nn.Module, ABC):
         some keep a random init. Checkpoints leave frozen parameters out only when they come from such files
         (modules/checkpoints/frozen_weights.py); the default, nothing frozen from files, keeps them in."""
         return ()
+
+    @contextmanager
+    def conditions_per_evaluation(self) -> Iterator[None]:
+        """Within the block, generation hands every network evaluation the condition dict itself, nothing prepared
+        ahead from it: for callers that rewrite the conditions of each evaluation (a forward pre-hook such as POS's
+        hybrid semantics, modules/pos/hybrid_semantics.py). Models that prepare nothing ahead have nothing to
+        change (the default); ART-V turns its condition caching off."""
+        yield

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from modules.artv.artv_denoiser import ARTVDenoiser
 from modules.artv.autoregressive import text_only_guidance
+from modules.artv.prepared_conditions import ConditionCaching
 from modules.diffusion.guidance import ClassifierFreeGuidance, MultiConditionGuidance, NoGuidance
 from modules.diffusion.samplers import DPMPP2SAncestralSampler
 from tests.test_artv_model import (
@@ -98,7 +99,11 @@ def test_first_frame_guidance_keeps_eq1_result_with_two_forwards_instead_of_four
 
 
 def record_full_conditions(net: ARTVDenoiser) -> list[dict[str, Tensor]]:
-    """The conditions of every forward (use with NoGuidance: each forward then carries only the full condition)."""
+    """The conditions of every forward (use with NoGuidance: each forward then carries only the full condition).
+
+    Turns condition caching off, so that every forward receives the condition dict itself rather than conditions
+    prepared from it; tests/test_artv_condition_cache.py shows that caching changes no video."""
+    net.condition_caching = ConditionCaching.switch(False)
     calls: list[dict[str, Tensor]] = []
     net.register_forward_pre_hook(
         lambda _module, args: calls.append({k: v.clone() for k, v in args[2].items()})

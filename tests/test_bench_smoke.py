@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import data_vs_step, inference_table2, training_step
+from bench import data_vs_step, inference_table2, sampling, training_step
 from bench.report import peak_rss_bytes, reset_peak_rss, run_case_in_subprocess, write_section
 
 
@@ -139,3 +139,22 @@ def test_a_training_case_runs_in_its_own_process() -> None:
     case = training_step.TrainingCase("toy_scvideo", False, "cpu", "fp32", 0, 1, 1)
     result = run_case_in_subprocess(training_step.MODULE, dataclasses.asdict(case))
     assert result["memory_bytes"] > 0 and result["memory_kind"] == "peak RSS growth"
+
+
+@pytest.mark.usefixtures("_single_thread")
+def test_sampling_quick_generates_one_video_per_caching_setting_and_writes_its_section(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "BENCHMARKS.md"
+    result = sampling.main(["--quick", "--threads", "1", "--doc", str(doc)])
+    times = result["times"]
+    assert list(times) == list(sampling.ORDER) and set(times) == set(sampling.SETTINGS)
+    for measured in times.values():
+        assert measured["seconds"] > 0 and math.isfinite(measured["seconds"])
+        assert measured["max_abs_difference"] <= 1e-5  # caching changes no video
+    macs = result["macs"]["measured"]
+    assert (
+        0 < macs["anchor"] < macs["text"] < macs["evaluation"] and 0 < macs["per_frame"] < macs["evaluation"]
+    )
+    text = doc.read_text()
+    assert "<!-- sampling:start -->" in text and "per_frame+anchor" in text

@@ -8,7 +8,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from modules.diffusion.guidance import ClassifierFreeGuidance, MultiConditionGuidance, NoGuidance
+from modules.diffusion.guidance import (
+    ClassifierFreeGuidance,
+    MultiConditionGuidance,
+    NoGuidance,
+    PreparedGuidance,
+    stack_variants,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BATCH = 3
@@ -169,3 +175,52 @@ def test_inconsistent_inputs_are_clear_errors():
 def test_guidance_configs_instantiate(name: str, expected: str):
     guidance = instantiate(OmegaConf.load(CONF / "guidance" / f"{name}.yaml"))
     assert repr(guidance) == expected
+
+
+@pytest.mark.parametrize(
+    ("guidance", "dropped", "full_rows"),
+    [
+        (NoGuidance(), [()], slice(0, BATCH)),
+        (ClassifierFreeGuidance(7.5), [("text",), ()], slice(BATCH, 2 * BATCH)),
+        (ClassifierFreeGuidance(1.0), [()], slice(0, BATCH)),
+        (
+            MultiConditionGuidance({"reference": 0.25, "anchor": 0.0, "text": 6.5}),
+            [(), ("reference",), ("text",)],
+            slice(0, BATCH),
+        ),
+    ],
+    ids=["none", "cfg", "cfg_scale_one", "eq1"],
+)
+def test_guidance_declares_its_variants_and_the_rows_of_the_full_condition(guidance, dropped, full_rows):
+    """What a caller reads from the batched forward (e.g. ART-V's masks) without comparing conditions."""
+    x_t, t, cond, null_cond = make_inputs()
+    text_null = {"text": null_cond["text"]} if isinstance(guidance, ClassifierFreeGuidance) else null_cond
+    assert guidance.dropped_keys(cond, text_null) == dropped
+    assert guidance.full_condition_rows(cond, text_null) == full_rows
+    model = CountingEpsModel()
+    guidance(model, x_t, t, cond, text_null)
+    (_, _, cond_in) = model.calls[0]
+    for key, value in cond.items():
+        assert torch.equal(cond_in[key][full_rows], value)
+
+
+def test_prepared_guidance_runs_the_model_on_the_prepared_conditions_and_combines_alike():
+    """The variants stacked once for a sampler run: each call only repeats x_t and t."""
+    x_t, t, cond, null_cond = make_inputs()
+    guidance = MultiConditionGuidance({"reference": 0.25, "anchor": 0.25, "text": 6.5})
+    dropped = guidance.dropped_keys(cond, null_cond)
+    stacked = stack_variants(guidance.condition_variants(cond, null_cond))
+    prepared = PreparedGuidance(guidance, stacked, dropped)
+    model = CountingEpsModel()
+    for step in (t, t.flip(0)):
+        torch.testing.assert_close(
+            prepared(model, x_t, step, cond, null_cond),
+            guidance(CountingEpsModel(), x_t, step, cond, null_cond),
+        )
+    assert len(model.calls) == 2 and all(call[2] is stacked for call in model.calls)
+    assert prepared.dropped_keys(cond, null_cond) == dropped
+    assert prepared.full_condition_rows(cond, null_cond) == slice(0, BATCH)
+    with pytest.raises(ValueError, match="must have batch size B = 2"):  # x_t of 2 samples, cond of 3
+        prepared(model, x_t[:2], t[:2], cond, null_cond)
+    with pytest.raises(TypeError, match="already prepared"):
+        PreparedGuidance(prepared, stacked, dropped)

@@ -64,7 +64,9 @@ def test_the_loss_from_latent_shards_equals_the_loss_from_video(latent_set, tmp_
     data_dir, _ = latent_set
     # toy_artv reads the same 8 fps toy videos at target_fps 8, which is every frame: the set made at stride 1 fits
     extra = ["data.target_fps=null", "data.frame_stride=1"] if experiment == "toy_artv" else []
-    video_cfg = _config(tmp_path / "video", data_dir, experiment, latents=False, extra=["data=shapes", *extra])
+    video_cfg = _config(
+        tmp_path / "video", data_dir, experiment, latents=False, extra=["data=shapes", *extra]
+    )
     latent_cfg = _config(tmp_path / "latent", data_dir, experiment, latents=True, extra=extra)
     check_config(latent_cfg)
     video_batch, latent_batch = _first_val_batch(video_cfg), _first_val_batch(latent_cfg)

@@ -5,12 +5,15 @@ from modules.artv.anchor_attention import AnchorBlockFactory, AnchorSpatialTrans
 from modules.artv.artv_denoiser import ARTVDenoiser
 from modules.artv.autoregressive import GeneratedVideo, generate_multi_prompt_video, generate_video
 from modules.artv.masked_diffusion import masked_eps, masked_x0
+from modules.artv.prepared_conditions import ConditionCaching, PreparedConditions
 
 __all__ = [
     "ARTVDenoiser",
     "AnchorBlockFactory",
     "AnchorSpatialTransformer",
+    "ConditionCaching",
     "GeneratedVideo",
+    "PreparedConditions",
     "T2IAdapter",
     "anchor_tokens",
     "generate_multi_prompt_video",

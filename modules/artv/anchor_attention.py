@@ -16,12 +16,13 @@ computing exactly the SD UNet (plus adapter features).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from einops import rearrange
 from torch import Tensor
 
-from modules.blocks.attention import BasicTransformerBlock, SpatialTransformer
+from modules.blocks.attention import Attention, BasicTransformerBlock, KeyValue, SpatialTransformer
 from modules.blocks.block_kinds import ContextBlock
 from modules.blocks.normalization import zero_module
 from modules.unet.block_factory import UNetBlockFactory
@@ -91,23 +92,34 @@ class AnchorSpatialTransformer(SpatialTransformer):
         ):
             zero_module(output_projection)
 
+    def anchor_attentions(self) -> list[Attention]:
+        """The attention layer that reads the anchor tokens (`anchor_block.attn2`): its keys and values depend on the
+        anchor frame alone, so they may be projected once for every frame that shares the anchor."""
+        return [self.anchor_block.attn2]
+
     def transform_tokens(
         self,
         tokens: Tensor,
         context: Tensor | None,
         *,
         anchor_context: Tensor | None = None,
+        context_key_values: Mapping[Attention, KeyValue] | None = None,
         **block_kwargs: Any,
     ) -> Tensor:
-        """tokens `[N, h*w, inner_dim]` -> SD blocks (text) -> anchor block (anchor tokens) -> same shape."""
+        """tokens `[N, h*w, inner_dim]` -> SD blocks (text) -> anchor block (anchor tokens) -> same shape.
+
+        context_key_values: projected contexts per cross-attention layer (text layers of the SD blocks, the anchor
+        block's `attn2`), used where given instead of projecting `context` / `anchor_context` again."""
         if anchor_context is None or anchor_context.shape[-1] != self.anchor_context_dim:
             got = None if anchor_context is None else tuple(anchor_context.shape)
             raise ValueError(
                 f"AnchorSpatialTransformer: needs anchor_context=[N, L, {self.anchor_context_dim}] (the anchor "
                 f"frame's patch tokens, `anchor_tokens`), got {got}"
             )
-        tokens = super().transform_tokens(tokens, context, **block_kwargs)
-        return self.anchor_block(tokens, anchor_context)
+        tokens = super().transform_tokens(
+            tokens, context, context_key_values=context_key_values, **block_kwargs
+        )
+        return self.anchor_block(tokens, anchor_context, context_key_values=context_key_values)
 
 
 class AnchorBlockFactory(UNetBlockFactory):

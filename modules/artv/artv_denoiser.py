@@ -29,16 +29,29 @@ independent dropout of the three conditions (done by `VideoDiffusionModule` from
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from modules.artv.adapter import T2IAdapter
-from modules.artv.anchor_attention import AnchorBlockFactory, anchor_tokens, is_anchor_parameter
+from modules.artv.anchor_attention import (
+    AnchorBlockFactory,
+    AnchorSpatialTransformer,
+    anchor_tokens,
+    is_anchor_parameter,
+)
 from modules.artv.autoregressive import generate_multi_prompt_video, generate_video
 from modules.artv.masked_diffusion import masked_eps
+from modules.artv.prepared_conditions import (
+    ConditionCaching,
+    ConditionRows,
+    PreparedConditions,
+    variant_rows,
+)
 from modules.artv.reference_frames import (
     NUM_REFERENCE_FRAMES,
     TrainingFrames,
@@ -48,6 +61,7 @@ from modules.artv.reference_frames import (
     has_reference,
     unpack_reference,
 )
+from modules.blocks.attention import Attention, SpatialTransformer
 from modules.checkpoints import (
     UNET_PREFIX,
     LoadReport,
@@ -102,6 +116,11 @@ class ARTVDenoiser(VideoDenoiser):
             first frame ignored the caption (docs/experiments/2026-11-toy-runs.md).
         first_step_probability: share of training examples whose target is frame 1 (`draw_training_frame_indices`);
             None (the default) draws the target uniformly from frames 1..T-1. Ours.
+        cache_conditions: generation computes what its sampler steps share once (per frame: the variant batch of
+            the guidance and both adapters' features; per video: the text and anchor keys and values of every
+            cross-attention; `modules/artv/prepared_conditions.py`) instead of at every network evaluation. The
+            same video either way (within float rounding); False recomputes everything per evaluation. Its parts
+            can be set one by one through `condition_caching` (a `ConditionCaching`).
     """
 
     condition_keys = ("text", "reference", "anchor")
@@ -122,6 +141,7 @@ class ARTVDenoiser(VideoDenoiser):
         mask_init_logit: float = -4.0,
         mask_requires_reference: bool = True,
         first_step_probability: float | None = None,
+        cache_conditions: bool = True,
     ) -> None:
         super().__init__()
         if reference_noise_level_train < 0 or reference_noise_level_inference < 0:
@@ -143,6 +163,7 @@ class ARTVDenoiser(VideoDenoiser):
         self.reference_noise_level_inference = reference_noise_level_inference
         self.mask_requires_reference = mask_requires_reference
         self.first_step_probability = first_step_probability
+        self.condition_caching = ConditionCaching.switch(cache_conditions)
         factory = AnchorBlockFactory(self.anchor_context_dim) if anchor_attention else None
         self.dynamic_unet = dynamic_unet(block_factory=factory)
         self.mask_unet = mask_unet(block_factory=factory)
@@ -212,40 +233,69 @@ class ARTVDenoiser(VideoDenoiser):
 
     # ---- the eps model ------------------------------------------------------------------------------
     def forward(
-        self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor], *, return_mask: bool = False
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: dict[str, Tensor] | PreparedConditions,
+        *,
+        return_mask: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Masked-diffusion eps for one frame.
 
         Args:
             x_t: noisy latents `[B, C, h, w]`.
             t: DDPM steps, int64 `[B]`.
-            cond: {"text": [B, L, D], "reference": [B, 3C, h, w], "anchor": [B, C, h, w]}.
+            cond: {"text": [B, L, D], "reference": [B, 3C, h, w], "anchor": [B, C, h, w]}, prepared here for this
+                evaluation; or `PreparedConditions` of B rows, prepared once for many evaluations
+                (`prepare_conditions`).
             return_mask: also return M.
 
         Returns:
             eps `[B, C, h, w]`, and M `[B, 1, h, w]` in [0, 1] when `return_mask` (0 where the reference is null
             and `mask_requires_reference`). M is also kept (detached) in `self.last_mask` for logging.
         """
-        self._check_conditions(x_t, cond)
-        adapter_input, reference_frame = unpack_reference(cond["reference"], self.latent_channels)
-        block_kwargs = (
-            {"anchor_context": anchor_tokens(cond["anchor"], self.anchor_patch_size)}
-            if self.anchor_attention
-            else {}
-        )
-        text = cond["text"]
+        if isinstance(cond, PreparedConditions):
+            self._check_prepared(x_t, cond)
+            prepared = cond
+        else:
+            self._check_conditions(x_t, cond)
+            prepared = self._evaluation_conditions(cond)
+        block_kwargs = prepared.block_kwargs()
         eps_dynamic = self.dynamic_unet(
-            x_t, t, text, adapter_features=self.dynamic_adapter(adapter_input), **block_kwargs
+            x_t, t, prepared.text, adapter_features=prepared.dynamic_features, **block_kwargs
         )
         mask_logits = self.mask_unet(
-            x_t, t, text, adapter_features=self.mask_adapter(adapter_input), **block_kwargs
+            x_t, t, prepared.text, adapter_features=prepared.mask_features, **block_kwargs
         )
         mask = torch.sigmoid(mask_logits.float())
         if self.mask_requires_reference:
-            mask = mask * has_reference(cond["reference"]).to(mask.dtype).view(-1, 1, 1, 1)
-        eps = masked_eps(self.schedule, x_t, t, eps_dynamic.float(), mask, reference_frame.float())
+            mask = mask * rearrange(prepared.has_reference.to(mask.dtype), "n -> n 1 1 1")
+        eps = masked_eps(self.schedule, x_t, t, eps_dynamic.float(), mask, prepared.reference_frame.float())
         self.last_mask = mask.detach()
         return (eps, mask) if return_mask else eps
+
+    def _evaluation_conditions(self, cond: dict[str, Tensor]) -> PreparedConditions:
+        """What the UNets read, computed from the condition dict for one evaluation (no keys and values projected
+        ahead: every cross-attention projects its context)."""
+        adapter_input, reference_frame = unpack_reference(cond["reference"], self.latent_channels)
+        return PreparedConditions(
+            text=cond["text"],
+            reference_frame=reference_frame,
+            has_reference=has_reference(cond["reference"]),
+            dynamic_features=self.dynamic_adapter(adapter_input),
+            mask_features=self.mask_adapter(adapter_input),
+            anchor_tokens=anchor_tokens(cond["anchor"], self.anchor_patch_size)
+            if self.anchor_attention
+            else None,
+            key_values={},
+        )
+
+    def _check_prepared(self, x_t: Tensor, prepared: PreparedConditions) -> None:
+        if x_t.ndim != 4 or x_t.shape[1] != self.latent_channels or x_t.shape[0] != prepared.batch_size:
+            raise ValueError(
+                f"ARTVDenoiser: x_t must be one frame [N, {self.latent_channels}, h, w] with the N = "
+                f"{prepared.batch_size} rows of the prepared conditions, got {tuple(x_t.shape)}"
+            )
 
     def _check_conditions(self, x_t: Tensor, cond: dict[str, Tensor]) -> None:
         missing = [key for key in self.condition_keys if key not in cond]
@@ -260,6 +310,102 @@ class ARTVDenoiser(VideoDenoiser):
                 f"ARTVDenoiser: cond['anchor'] must have x_t's shape {tuple(x_t.shape)}, got "
                 f"{tuple(cond['anchor'].shape)}"
             )
+
+    # ---- conditions prepared once for many evaluations (generation) ----------------------------------
+    @contextmanager
+    def conditions_per_evaluation(self) -> Iterator[None]:
+        """Within the block, generation caches nothing: every evaluation gets the condition dict (for callers that
+        rewrite each evaluation's conditions, e.g. POS's hybrid text)."""
+        previous = self.condition_caching
+        self.condition_caching = ConditionCaching.switch(False)
+        try:
+            yield
+        finally:
+            self.condition_caching = previous
+
+    def text_attentions(self) -> list[Attention]:
+        """Every cross-attention layer of both UNets that reads the text."""
+        return [
+            layer
+            for unet in (self.dynamic_unet, self.mask_unet)
+            for module in unet.modules()
+            if isinstance(module, SpatialTransformer)
+            for layer in module.context_attentions()
+        ]
+
+    def anchor_attentions(self) -> list[Attention]:
+        """Every cross-attention layer of both UNets that reads the anchor tokens (none without anchor blocks)."""
+        return [
+            layer
+            for unet in (self.dynamic_unet, self.mask_unet)
+            for module in unet.modules()
+            if isinstance(module, AnchorSpatialTransformer)
+            for layer in module.anchor_attentions()
+        ]
+
+    def prepare_text(self, text: Tensor, null_text: Tensor, *, project: bool) -> ConditionRows:
+        """A prompt's text `[B, L, D]` and the empty prompt `[1, L, D]` as rows `[B + 1, L, D]`; with `project`, the
+        keys and values of every text cross-attention of both UNets on them (once per video or prompt)."""
+        rows = torch.cat([text, null_text.to(text)])
+        key_values = (
+            {layer: layer.project_context(rows) for layer in self.text_attentions()} if project else {}
+        )
+        return ConditionRows(rows, key_values)
+
+    def prepare_anchor(self, anchor: Tensor, *, project: bool) -> ConditionRows:
+        """An anchor frame `[B, C, h, w]` and its null value (zeros, as `null_condition`) as rows `[B + 1, C, h, w]`,
+        with their patch tokens when the UNets have anchor blocks, and with `project` the keys and values of every
+        anchor block on them (once per anchor frame)."""
+        rows = torch.cat([anchor, torch.zeros_like(anchor[:1])])
+        if not self.anchor_attention:
+            return ConditionRows(rows)
+        tokens = anchor_tokens(rows, self.anchor_patch_size)
+        key_values = (
+            {layer: layer.project_context(tokens) for layer in self.anchor_attentions()} if project else {}
+        )
+        return ConditionRows(rows, key_values, tokens)
+
+    def prepare_conditions(
+        self,
+        text: ConditionRows,
+        reference: Tensor,
+        anchor: ConditionRows,
+        dropped_keys: Sequence[tuple[str, ...]],
+    ) -> PreparedConditions:
+        """The conditions of one sampler run, for every evaluation of it: the guidance's variants (`dropped_keys`,
+        `Guidance.dropped_keys`) stacked along the batch, `[V * B]` rows, variant v in rows v*B .. (v+1)*B - 1.
+
+        text, anchor: `prepare_text` / `prepare_anchor` rows (B + 1, made once per video); reference: this frame's
+        `[B, 3C, h, w]`. Both adapters run once, on the B + 1 distinct reference rows (full and null); every tensor
+        of the stacked batch, keys and values included, is picked from the B + 1 rows of its condition.
+        """
+        batch = text.batch_size
+        unknown = sorted({key for keys in dropped_keys for key in keys} - set(self.condition_keys))
+        if unknown or anchor.batch_size != batch or reference.ndim != 4 or reference.shape[0] != batch:
+            raise ValueError(
+                f"ARTVDenoiser.prepare_conditions: need variants dropping only {list(self.condition_keys)} (got "
+                f"{list(dropped_keys)}) and B = {batch} rows of text, anchor and reference (got anchor "
+                f"{anchor.batch_size}, reference {tuple(reference.shape)})"
+            )
+        reference_rows = torch.cat([reference, torch.zeros_like(reference[:1])])
+        adapter_input, reference_frame = unpack_reference(reference_rows, self.latent_channels)
+        rows = {key: variant_rows(dropped_keys, key, batch, reference.device) for key in self.condition_keys}
+
+        def pick(key: str, values: Tensor) -> Tensor:
+            return values.index_select(0, rows[key])
+
+        return PreparedConditions(
+            text=pick("text", text.values),
+            reference_frame=pick("reference", reference_frame),
+            has_reference=pick("reference", has_reference(reference_rows)),
+            dynamic_features=[pick("reference", feature) for feature in self.dynamic_adapter(adapter_input)],
+            mask_features=[pick("reference", feature) for feature in self.mask_adapter(adapter_input)],
+            anchor_tokens=None if anchor.tokens is None else pick("anchor", anchor.tokens),
+            key_values={
+                **{layer: kv.index_select(rows["text"]) for layer, kv in text.key_values.items()},
+                **{layer: kv.index_select(rows["anchor"]) for layer, kv in anchor.key_values.items()},
+            },
+        )
 
     # ---- training -----------------------------------------------------------------------------------
     def training_frame_indices(self, batch: int, num_frames: int) -> Tensor:

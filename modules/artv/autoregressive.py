@@ -17,7 +17,13 @@ frames (reference) and the global anchor frame.
   its first generated frame, the anchor of each later prompt is the last frame of the previous prompt; the
   references run on across prompt boundaries.
 - Masks: the M of the last network evaluation of every frame, taken from the rows of the batched forward that
-  carry the full condition; for a given first frame (copied verbatim) the mask is all ones.
+  carry the full condition (the guidance declares them, `Guidance.full_condition_rows`: nothing is compared on the
+  device); for a given first frame (copied verbatim) the mask is all ones.
+- Caching (`ARTVDenoiser.condition_caching`, `model.net.cache_conditions`; modules/artv/prepared_conditions.py): the
+  text and anchor conditions are prepared once per video (per prompt, per anchor), with the keys and values of
+  every cross-attention that reads them; each frame prepares its variant batch and both adapters' features once,
+  and the sampler evaluates the networks on them (`PreparedGuidance`) at every step. Nothing in the sampler loop
+  waits for the device.
 - Initial noise: each frame's sampler run starts from a fresh standard normal, or from `initial_noise[:, :, k]`
   for frames k < T0 when an `initial_noise` `[B, C, T0, h, w]` is given (POS, modules/pos/; in multi-prompt videos
   k counts frames across prompts); only the given frames skip their draw, so T0 = 1 leaves every later random draw
@@ -36,8 +42,14 @@ from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modules.artv.prepared_conditions import ConditionRows, PreparedConditions
 from modules.artv.reference_frames import build_reference
-from modules.diffusion.guidance import Conditions, Guidance, MultiConditionGuidance
+from modules.diffusion.guidance import (
+    Guidance,
+    MultiConditionGuidance,
+    NoGuidance,
+    PreparedGuidance,
+)
 from modules.diffusion.samplers.base import Sampler
 
 if TYPE_CHECKING:
@@ -68,22 +80,20 @@ class FullConditionMaskRecorder:
     """The eps model handed to the sampler: runs the denoiser and keeps the mask of the full-condition rows.
 
     Guidance objects stack condition variants along the batch (`[V * B, ...]`, variant v in rows v*B..(v+1)*B-1);
-    the variant whose conditions equal `cond` is the full one. `mask` holds its M `[B, 1, h, w]` from the latest call.
+    `full_rows` are the rows of the full condition (`Guidance.full_condition_rows`). `mask` holds their M
+    `[B, 1, h, w]` from the latest call.
     """
 
-    def __init__(self, denoiser: ARTVDenoiser, cond: Conditions) -> None:
+    def __init__(self, denoiser: ARTVDenoiser, full_rows: slice) -> None:
         self.denoiser = denoiser
-        self.cond = cond
+        self.full_rows = full_rows
         self.mask: Tensor | None = None
 
-    def __call__(self, x_t: Tensor, t: Tensor, batched_cond: Conditions) -> Tensor:
+    def __call__(
+        self, x_t: Tensor, t: Tensor, batched_cond: dict[str, Tensor] | PreparedConditions
+    ) -> Tensor:
         eps, mask = self.denoiser(x_t, t, batched_cond, return_mask=True)
-        batch = self.cond["text"].shape[0]
-        for variant in range(x_t.shape[0] // batch):
-            rows = slice(variant * batch, (variant + 1) * batch)
-            if all(torch.equal(batched_cond[key][rows], value) for key, value in self.cond.items()):
-                self.mask = mask[rows]
-                break
+        self.mask = mask[self.full_rows]
         return eps
 
 
@@ -130,6 +140,7 @@ class FrameGenerator:
         self.device = parameter.device
         self.dtype = parameter.dtype  # frames, noise and conditions in the networks' dtype
         self.null_text = null_text.to(device=self.device, dtype=self.dtype)
+        self.caching = denoiser.condition_caching
         self.generator = generator
         self.frame_shape = (batch_size, denoiser.latent_channels, *latent_size)
         if initial_noise is not None and (
@@ -143,9 +154,14 @@ class FrameGenerator:
             )
         self.initial_noise = initial_noise
 
-    def _text(self, text: Tensor) -> Tensor:
-        """text `[B, L, D]` on the networks' device and dtype."""
-        return text.to(device=self.device, dtype=self.dtype)
+    def text(self, text: Tensor) -> ConditionRows:
+        """A prompt's text `[B, L, D]` with the empty prompt, prepared once for every frame it conditions."""
+        text = text.to(device=self.device, dtype=self.dtype)
+        return self.denoiser.prepare_text(text, self.null_text, project=self.caching.text)
+
+    def anchor(self, anchor: Tensor) -> ConditionRows:
+        """An anchor frame `[B, C, h, w]` with its null value, prepared once for every frame it anchors."""
+        return self.denoiser.prepare_anchor(anchor, project=self.caching.anchor)
 
     def _start_noise(self, frame_index: int) -> Tensor:
         """The sampler's starting noise for frame `frame_index`: the given initial noise, else a fresh draw."""
@@ -153,10 +169,24 @@ class FrameGenerator:
             return self.initial_noise[:, :, frame_index].to(device=self.device, dtype=self.dtype).contiguous()
         return torch.randn(self.frame_shape, generator=self.generator, device=self.device, dtype=self.dtype)
 
-    def _sample(self, cond: Conditions, guidance: Guidance | None, frame_index: int) -> tuple[Tensor, Tensor]:
-        """One sampler run for conditions `cond` -> (frame `[B, C, h, w]`, mask `[B, 1, h, w]`)."""
-        eps_model = FullConditionMaskRecorder(self.denoiser, cond)
+    def _sample(
+        self,
+        text: ConditionRows,
+        reference: Tensor,
+        anchor: ConditionRows,
+        guidance: Guidance | None,
+        frame_index: int,
+    ) -> tuple[Tensor, Tensor]:
+        """One sampler run for the conditions text, reference `[B, 3C, h, w]` and anchor -> (frame `[B, C, h, w]`,
+        mask `[B, 1, h, w]`). With per-frame caching the guidance's variants are prepared here, once for the run."""
+        guidance = guidance or NoGuidance()
+        cond = {"text": text.full, "reference": reference, "anchor": anchor.full}
         null_cond = self.denoiser.null_condition(cond, self.null_text)
+        eps_model = FullConditionMaskRecorder(self.denoiser, guidance.full_condition_rows(cond, null_cond))
+        if self.caching.per_frame:
+            dropped_keys = guidance.dropped_keys(cond, null_cond)
+            prepared = self.denoiser.prepare_conditions(text, reference, anchor, dropped_keys)
+            guidance = PreparedGuidance(guidance, prepared, dropped_keys)
         frame = self.sampler.sample(
             eps_model,
             self._start_noise(frame_index),
@@ -169,26 +199,26 @@ class FrameGenerator:
             raise RuntimeError("ART-V: the sampler never evaluated the model with the full conditions")
         return frame, eps_model.mask
 
-    def first_frame(self, text: Tensor) -> tuple[Tensor, Tensor]:
-        """Frame 0 of text-to-video: reference and anchor dropped (zeros). text `[B, L, D]`."""
+    def first_frame(self, text: ConditionRows) -> tuple[Tensor, Tensor]:
+        """Frame 0 of text-to-video: reference and anchor dropped (zeros)."""
         zeros = torch.zeros(self.frame_shape, device=self.device, dtype=self.dtype)
         reference = torch.cat([zeros, zeros, zeros], dim=1)
-        cond = {"text": self._text(text), "reference": reference, "anchor": zeros}
-        return self._sample(cond, text_only_guidance(self.guidance), frame_index=0)
+        return self._sample(
+            text, reference, self.anchor(zeros), text_only_guidance(self.guidance), frame_index=0
+        )
 
     def next_frame(
         self,
-        text: Tensor,
+        text: ConditionRows,
         earlier_reference: Tensor,
         previous_frame: Tensor,
-        anchor: Tensor,
+        anchor: ConditionRows,
         frame_index: int,
     ) -> tuple[Tensor, Tensor]:
-        """Frame k = `frame_index` from frames k-2, k-1 (clean `[B, C, h, w]`) and the anchor `[B, C, h, w]`."""
+        """Frame k = `frame_index` from frames k-2, k-1 (clean `[B, C, h, w]`) and the anchor."""
         levels = torch.full((self.frame_shape[0],), self.denoiser.reference_noise_level_inference)
         reference = build_reference(earlier_reference, previous_frame, levels, self.generator)
-        cond = {"text": self._text(text), "reference": reference, "anchor": anchor}
-        return self._sample(cond, self.guidance, frame_index)
+        return self._sample(text, reference, anchor, self.guidance, frame_index)
 
 
 def _check_first_frame(first_frame: Tensor, frame_shape: tuple[int, ...]) -> None:
@@ -207,7 +237,7 @@ def _check_initial_noise_length(initial_noise: Tensor | None, num_frames: int) -
 
 
 def _start(
-    frames: FrameGenerator, text: Tensor, first_frame: Tensor | None, bar: tqdm
+    frames: FrameGenerator, text: ConditionRows, first_frame: Tensor | None, bar: tqdm
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Frame 0 and its mask: the given latent (mask 1), or generated from text alone."""
     if first_frame is None:
@@ -224,12 +254,13 @@ def _extend(
     frames: FrameGenerator,
     video: list[Tensor],
     masks: list[Tensor],
-    text: Tensor,
-    anchor: Tensor,
+    text: ConditionRows,
+    anchor: ConditionRows,
     count: int,
     bar: tqdm,
 ) -> None:
-    """Append `count` frames to `video` (a list of `[B, C, h, w]`), each conditioned on the two latest frames."""
+    """Append `count` frames to `video` (a list of `[B, C, h, w]`), each conditioned on the two latest frames, the
+    text and the anchor (both prepared once for all of them)."""
     for _ in range(count):
         frame, mask = frames.next_frame(text, video[max(len(video) - 2, 0)], video[-1], anchor, len(video))
         video.append(frame)
@@ -275,8 +306,9 @@ def generate_video(
         _sampler_progress(sampler, progress),
         tqdm(total=num_frames, desc="ART-V frames", disable=not progress) as bar,
     ):
-        video, masks = _start(frames, text, first_frame, bar)
-        _extend(frames, video, masks, text, anchor=video[0], count=num_frames - 1, bar=bar)
+        prompt = frames.text(text)
+        video, masks = _start(frames, prompt, first_frame, bar)
+        _extend(frames, video, masks, prompt, frames.anchor(video[0]), count=num_frames - 1, bar=bar)
     return _stack(video, masks)
 
 
@@ -322,8 +354,9 @@ def generate_multi_prompt_video(
         _sampler_progress(sampler, progress),
         tqdm(total=total, desc="ART-V frames", disable=not progress) as bar,
     ):
-        video, masks = _start(frames, texts[0], first_frame, bar)
-        _extend(frames, video, masks, texts[0], anchor=video[0], count=frames_per_prompt - 1, bar=bar)
+        first_prompt = frames.text(texts[0])
+        video, masks = _start(frames, first_prompt, first_frame, bar)
+        _extend(frames, video, masks, first_prompt, frames.anchor(video[0]), frames_per_prompt - 1, bar)
         for text in texts[1:]:
-            _extend(frames, video, masks, text, anchor=video[-1], count=frames_per_prompt, bar=bar)
+            _extend(frames, video, masks, frames.text(text), frames.anchor(video[-1]), frames_per_prompt, bar)
     return _stack(video, masks)

@@ -10,12 +10,18 @@ Two attention implementations compute softmax(Q K^T / sqrt(d)) V:
   (batch x head) slices so that one score matrix holds at most `NAIVE_MAX_SCORE_ELEMENTS` elements; used as a
   reference in tests and as the baseline in bench/bench_unet.py.
 Select one with `set_attention_backend(name)` or, scoped, `with attention_backend("naive"): ...`.
+
+A cross-attention whose context stays the same over many calls (a sampler run's text, ART-V's anchor frame) can
+have its keys and values projected once (`Attention.project_context` -> `KeyValue`) and handed back on every call
+(`Attention.forward(..., key_value=...)`; through the UNet as the block kwarg `context_key_values`, a mapping from
+each cross-attention layer to its `KeyValue`). Without them every call projects its context, as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -88,6 +94,18 @@ def dot_product_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(query, key, value)
 
 
+@dataclass(frozen=True)
+class KeyValue:
+    """The projected keys and values of an attention's context, `[N, heads, Lk, head_dim]` each."""
+
+    key: Tensor
+    value: Tensor
+
+    def index_select(self, rows: Tensor) -> KeyValue:
+        """The keys and values of rows `rows` (int64 `[N']`) -> `[N', heads, Lk, head_dim]` each."""
+        return KeyValue(self.key.index_select(0, rows), self.value.index_select(0, rows))
+
+
 class Attention(nn.Module):
     """Multi-head (cross-)attention, ldm's `CrossAttention`.
 
@@ -112,13 +130,24 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        source = x if context is None else context
-        query, key, value = (
+    def project_context(self, context: Tensor) -> KeyValue:
+        """Keys and values of a context `[N, Lk, context_dim]` -> `[N, heads, Lk, head_dim]` each."""
+        key, value = (
             rearrange(projection, "n l (heads d) -> n heads l d", heads=self.num_heads)
-            for projection in (self.to_q(x), self.to_k(source), self.to_v(source))
+            for projection in (self.to_k(context), self.to_v(context))
         )
-        out = dot_product_attention(query, key, value)
+        return KeyValue(key, value)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, key_value: KeyValue | None = None
+    ) -> Tensor:
+        """x `[N, Lq, query_dim]` attends to context `[N, Lk, context_dim]` (None: to x itself), or, when given, to
+        `key_value` (`project_context(context)` computed once for a context that many calls share; context is then
+        not read). -> `[N, Lq, query_dim]`."""
+        query = rearrange(self.to_q(x), "n l (heads d) -> n heads l d", heads=self.num_heads)
+        if key_value is None:
+            key_value = self.project_context(x if context is None else context)
+        out = dot_product_attention(query, key_value.key, key_value.value)
         return self.to_out(rearrange(out, "n heads l d -> n l (heads d)"))
 
 
@@ -178,9 +207,19 @@ class BasicTransformerBlock(nn.Module):
         """x: `[N, L, dim]`; context: `[N, Lc, context_dim]` or None -> `[N, L, dim]`."""
         return checkpointed_call(self._forward, x, context, enabled=self.use_checkpoint, **block_kwargs)
 
-    def _forward(self, x: Tensor, context: Tensor | None = None, **block_kwargs: Any) -> Tensor:
+    def _forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        context_key_values: Mapping[Attention, KeyValue] | None = None,
+        **block_kwargs: Any,
+    ) -> Tensor:
+        """context_key_values: projected contexts per cross-attention layer; `attn2` uses its entry when there is
+        one (`SpatialTransformer.context_attentions`), else projects `context` itself."""
+        key_value = None if context_key_values is None else context_key_values.get(self.attn2)
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
+        x = x + self.attn2(self.norm2(x), context, key_value=key_value)
         return x + self.ff(self.norm3(x))
 
 
@@ -253,6 +292,14 @@ class SpatialTransformer(ContextBlock):
         if not self.use_linear:
             hidden = self.proj_out(hidden)
         return x + hidden
+
+    def context_attentions(self) -> list[Attention]:
+        """The attention layers that read `context` (each block's `attn2`): their keys and values depend on the
+        context alone, so they may be projected once for many calls. Empty without a context_dim (`attn2` is then a
+        second self-attention)."""
+        if self.context_dim is None:
+            return []
+        return [block.attn2 for block in self.transformer_blocks]
 
     def transform_tokens(self, tokens: Tensor, context: Tensor | None, **block_kwargs: Any) -> Tensor:
         """Run the transformer blocks on tokens `[N, H*W, inner_dim]`; returns the same shape."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from modules.pos.hybrid_semantics import HybridSchedule, HybridTextConditioning,
 from modules.pos.optimal_noise import OptimalNoiseApproximator, RetrievedClip
 from modules.pos.rewriters import NoRewriter, PromptRewriter
 from modules.pos.text_cache import TextEmbeddingCache
+from modules.video_denoiser import VideoDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class PosGenerator:
             text = pair_text(text, self.texts.encode(rewritten).context)
             null_text = pair_text(null_text, null_text)
             hybrid = HybridTextConditioning(model.sampler.timesteps(), self.hybrid)
-            hybrid_hook = hybrid.attached(model.net)
+            hybrid_hook = hybrid_sampling(model.net, hybrid)
         return PreparedConditions(text, null_text, retrieved, hybrid_hook)
 
     def _decode(
@@ -230,6 +231,14 @@ class PosGenerator:
             return self.model.decode_video(result)
         latents, masks = result
         return self.model.decode_video(latents), self.model.mask_video(masks)
+
+
+@contextlib.contextmanager
+def hybrid_sampling(net: VideoDenoiser, hybrid: HybridTextConditioning) -> Iterator[None]:
+    """Within the block every evaluation of `net` gets its step's text from the (original, rewritten) pair. The hook
+    rewrites each evaluation's condition dict, so the net evaluates on condition dicts, nothing prepared ahead."""
+    with net.conditions_per_evaluation(), hybrid.attached(net):
+        yield
 
 
 @dataclass
