@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from modules.runtime.checkpoint_discovery import newest_complete_checkpoint, resolve_resume_path
+from modules.runtime.checkpoint_discovery import newest_complete_checkpoint, resolve_resume_path, written_at
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def plan_resume(
             searched.append(run_dir / "checkpoints")
             checkpoint = newest_complete_checkpoint(run_dir / "checkpoints")
             if checkpoint is not None:
-                candidates.append((checkpoint.stat().st_mtime, run_dir, checkpoint))
+                candidates.append((written_at(checkpoint), run_dir, checkpoint))
     if not candidates:
         log.info(
             "no checkpoint of this run in %s: starting a new run <ckpt_path=auto>",
