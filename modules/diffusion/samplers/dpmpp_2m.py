@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance
-from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import StepCallback
 from modules.diffusion.samplers.discrete_sigma import DiscreteSigmaSampler
 
@@ -34,15 +33,6 @@ class DPMPP2MSampler(DiscreteSigmaSampler):
         progress: show a tqdm bar.
         x0_range: clip the denoised estimate to this range (pixel-space models); None = sgm.
     """
-
-    def __init__(
-        self,
-        schedule: NoiseSchedule,
-        num_steps: int = 50,
-        progress: bool = True,
-        x0_range: tuple[float, float] | None = None,
-    ):
-        super().__init__(schedule, num_steps, progress, x0_range)
 
     @torch.no_grad()
     def sample(

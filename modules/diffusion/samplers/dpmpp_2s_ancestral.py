@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance
-from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import StepCallback
 from modules.diffusion.samplers.discrete_sigma import AncestralSigmaSampler, euler_step
 
@@ -30,17 +29,6 @@ class DPMPP2SAncestralSampler(AncestralSigmaSampler):
         progress: show a tqdm bar.
         x0_range: clip the denoised estimate to this range (pixel-space models); None = sgm.
     """
-
-    def __init__(
-        self,
-        schedule: NoiseSchedule,
-        num_steps: int = 50,
-        eta: float = 1.0,
-        s_noise: float = 1.0,
-        progress: bool = True,
-        x0_range: tuple[float, float] | None = None,
-    ):
-        super().__init__(schedule, num_steps, eta, s_noise, progress, x0_range)
 
     @torch.no_grad()
     def sample(
