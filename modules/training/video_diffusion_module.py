@@ -166,8 +166,13 @@ class VideoDiffusionModule(L.LightningModule):
         """Pixels `[B, T, 3, H, W]` -> first-stage posterior moments `[B, F, M, h, w]` of the frames `frame_indices`
         `[B, F]` (all T when None); a frame listed twice in a clip is encoded once."""
         batch, num_frames = video.shape[:2]
-        if frame_indices is None:
-            frame_indices = torch.arange(num_frames).expand(batch, num_frames)
+        if frame_indices is None:  # every frame, each once: no gather
+            moments = map_frame_chunks(
+                self.first_stage.posterior_moments,
+                rearrange(video, "b t c h w -> b c t h w"),
+                self.vae_chunk_frames,
+            )
+            return rearrange(moments, "b m t h w -> b t m h w")
         flat = (torch.arange(batch)[:, None] * num_frames + frame_indices.cpu()).flatten()
         distinct, inverse = torch.unique(flat, return_inverse=True)
         frames = rearrange(video, "b t c h w -> (b t) c h w")[distinct.to(video.device)]
