@@ -63,6 +63,14 @@ def _generated_on_demand(path: Path, toy_root: str | None) -> bool:
     return toy_root is not None and path.resolve().is_relative_to(Path(toy_root).resolve())
 
 
+def _local_paths(urls: str | ListConfig | None) -> list[Path]:
+    """The local paths among shard URLs (brace patterns expanded; remote and `pipe:` URLs left out)."""
+    if urls is None:
+        return []
+    patterns = list(urls) if isinstance(urls, ListConfig | list | tuple) else [urls]
+    return [Path(url) for pattern in patterns for url in expand_urls(str(pattern)) if _is_local(url)]
+
+
 def check_data_paths(cfg: DictConfig) -> None:
     """Every local shard, directory or file named by `data.train_urls` / `data.val_urls` must exist, unless it
     belongs to the toy set generated on demand (`data.toy_shards.root`). Remote and `pipe:` URLs are not checked."""
@@ -72,11 +80,7 @@ def check_data_paths(cfg: DictConfig) -> None:
     toy_shards = data.get("toy_shards")
     toy_root = toy_shards.get("root") if toy_shards is not None else None
     for key in ("train_urls", "val_urls"):
-        urls = data.get(key)
-        if urls is None:
-            continue
-        patterns = list(urls) if isinstance(urls, ListConfig | list | tuple) else [urls]
-        local = [Path(url) for pattern in patterns for url in expand_urls(str(pattern)) if _is_local(url)]
+        local = _local_paths(data.get(key))
         missing = [path for path in local if not path.exists() and not _generated_on_demand(path, toy_root)]
         if missing:
             raise ConfigError(
@@ -123,11 +127,7 @@ def check_latent_shards(cfg: DictConfig) -> None:
 
     expected = latent_set_info(cfg, dtype="any", with_text=False)
     for key in ("train_urls", "val_urls"):
-        urls = data.get(key)
-        if urls is None:
-            continue
-        patterns = list(urls) if isinstance(urls, ListConfig | list | tuple) else [urls]
-        local = [Path(url) for pattern in patterns for url in expand_urls(str(pattern)) if _is_local(url)]
+        local = _local_paths(data.get(key))
         for directory in sorted({path if path.is_dir() else path.parent for path in local}):
             try:
                 check_latent_set(directory, expected, f"data.{key}")
