@@ -15,7 +15,7 @@ from modules.artv.autoregressive import text_only_guidance
 from modules.artv.prepared_conditions import ConditionCaching
 from modules.diffusion.guidance import ClassifierFreeGuidance, MultiConditionGuidance, NoGuidance
 from modules.diffusion.samplers import DPMPP2SAncestralSampler
-from tests.test_artv_model import (
+from tests.helpers.tiny_artv import (
     CONTEXT_DIM,
     LATENT_CHANNELS,
     LATENT_SIZE,

@@ -14,7 +14,7 @@ from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers import DDIMSampler, DPMPP2SAncestralSampler
 from modules.pos.hybrid_semantics import HybridSchedule, HybridTextConditioning, pair_text
 from modules.pos.text_cache import TextEmbeddingCache
-from tests.test_pos_index import tiny_text_encoder
+from tests.helpers.toy_pool import tiny_text_encoder
 
 TOKENS, WIDTH = 3, 4
 ORIGINAL, REWRITTEN, NULL = 1.0, 2.0, 0.0

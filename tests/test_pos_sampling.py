@@ -18,7 +18,7 @@ from modules.pos.pos_sampling import PosGenerator, build_pos_generator
 from modules.pos.rewriters import TemplateRewriter
 from modules.runtime.sampling import build_model_for_sampling, seeded_generator
 from tests.conftest import compose_config
-from tests.test_pos_index import build_toy_index, tiny_text_encoder
+from tests.helpers.toy_pool import build_toy_index, tiny_text_encoder
 
 PROMPT = "a red circle moving left"
 FAST = [
