@@ -1,4 +1,5 @@
-"""ART-V: auto-regressive text-to-video with masked diffusion (ART-V supplementary; docs "ART-V")."""
+"""ART-V: auto-regressive text-to-video with masked diffusion (ART-V supplementary; which part of the paper
+lives where: docs/ARCHITECTURE.md, "Paper to code")."""
 
 from modules.artv.adapter import T2IAdapter
 from modules.artv.anchor_attention import AnchorBlockFactory, AnchorSpatialTransformer, anchor_tokens

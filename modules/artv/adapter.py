@@ -9,11 +9,12 @@ tests/fixtures/reference/t2i_adapter_artv_{dynamic,mask}.json):
     body.{level * nums_rb + j}    AdapterResBlock: [downsample], [in_conv 1x1 where channels change],
                                   block1 conv3x3, ReLU, block2 conv(ksize), + residual
 
-Our interpretation (not stated by the paper; docs "ART-V, Not stated"): the adapter input is the latents of the
-two reference frames concatenated on channels (2 x 4 = 8 = cin), already at latent resolution. The original
-adapter reads a pixel-space condition image through PixelUnshuffle(8); here conv_in sees the 8-channel latent
-directly, so the features come out at 1/1, 1/2, 1/4, 1/8 of the latent size, the resolutions of the UNet's
-levels, and are added to the UNet encoder at the end of each level (`UNetModel.forward(adapter_features=...)`).
+Our interpretation (not stated by the paper; docs/ARCHITECTURE.md, "ART-V: what the paper does not state"):
+the adapter input is the latents of the two reference frames concatenated on channels (2 x 4 = 8 = cin),
+already at latent resolution. The original adapter reads a pixel-space condition image through
+PixelUnshuffle(8); here conv_in sees the 8-channel latent directly, so the features come out at 1/1, 1/2, 1/4,
+1/8 of the latent size, the resolutions of the UNet's levels, and are added to the UNet encoder at the end of
+each level (`UNetModel.forward(adapter_features=...)`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Anchor-frame cross-attention: one extra transformer block in every spatial transformer of an ART-V UNet.
 
-Our interpretation (not stated by the paper; docs "ART-V, Not stated"). ART-V conditions every frame on a
-"global anchor frame", but the supplementary does not say how. UNet + T2I-Adapter gives 942.75 M (Φdynamic) and
-41.88 M (Φmask) parameters, not Table 1's 1167.69 M / 51.18 M, and misses Table 2's FLOPs. Both totals are
-reproduced by one extra `BasicTransformerBlock` after the SD blocks of every `SpatialTransformer`, whose
-cross-attention reads a 64-dimensional context. We read that context as the anchor frame: its latent
-`[B, 4, h, w]` cut into 4x4 patches, each patch flattened to 4 * 16 = 64 values, one cross-attention token per
-patch (`[B, (h/4)(w/4), 64]`), used as they are (no learned embedding, no position code). The paper-size configs
-enable the block; `anchor_attention: false` removes it.
+Our interpretation (not stated by the paper; docs/ARCHITECTURE.md, "ART-V: what the paper does not state").
+ART-V conditions every frame on a "global anchor frame", but the supplementary does not say how. UNet +
+T2I-Adapter gives 942.75 M (Φdynamic) and 41.88 M (Φmask) parameters, not Table 1's 1167.69 M / 51.18 M, and
+misses Table 2's FLOPs. Both totals are reproduced by one extra `BasicTransformerBlock` after the SD blocks of
+every `SpatialTransformer`, whose cross-attention reads a 64-dimensional context. We read that context as the
+anchor frame: its latent `[B, 4, h, w]` cut into 4x4 patches, each patch flattened to 4 * 16 = 64 values, one
+cross-attention token per patch (`[B, (h/4)(w/4), 64]`), used as they are (no learned embedding, no position
+code). The paper-size configs enable the block; `anchor_attention: false` removes it.
 
 New parameters live under `*.anchor_block.*` so that every SD parameter keeps its key. The block's three output
 projections start at zero, so a fresh anchor block is the identity and an SD-initialised Φdynamic starts out

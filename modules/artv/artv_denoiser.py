@@ -19,11 +19,12 @@ Conditions (`cond`, batch first; see `modules/artv/reference_frames.py` for the 
                               cin), then the clean previous frame (z_ref); null value: zeros
     anchor     [B, C, h, w]   the global anchor frame's clean latent; null value: zeros
 
-Our interpretations (not stated by the paper; docs "ART-V, Not stated") are implemented as listed there: the
-sigmoid mask and its composition, the adapter input (two reference latents, noise-augmented: random level in
-training, a fixed small level at inference), the anchor cross-attention block that reproduces the published
-parameter counts and FLOPs, text-to-video's first frame generated with reference and anchor dropped, and
-independent dropout of the three conditions (done by `VideoDiffusionModule` from `condition_dropout`).
+Our interpretations (not stated by the paper; docs/ARCHITECTURE.md, "ART-V: what the paper does not state")
+are implemented as listed there: the sigmoid mask and its composition, the adapter input (two reference
+latents, noise-augmented: random level in training, a fixed small level at inference), the anchor
+cross-attention block that reproduces the published parameter counts and FLOPs, text-to-video's first frame
+generated with reference and anchor dropped, and independent dropout of the three conditions (done by
+`VideoDiffusionModule` from `condition_dropout`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ART-V's masked diffusion "implicitly learns which information can be drawn from reference images rather than
 network predictions" (abstract); the supplementary (section 3, Fig. 1) shows the mask: high values are copied
 from the reference frame, low values (motion) are predicted by Φdynamic. The formula is our interpretation
-(not stated by the paper; docs "ART-V, Not stated"):
+(not stated by the paper; docs/ARCHITECTURE.md, "ART-V: what the paper does not state"):
 
     M       = sigmoid(Φmask(...))                       in [0, 1], one value per latent pixel
     x0_dyn  = (x_t - sqrt(1 - a_t) eps_dyn) / sqrt(a_t)  Φdynamic's x0 estimate

@@ -1,7 +1,7 @@
 """The ART-V conditions built from previous frames: which frames, their noise augmentation, and how the
 "reference" condition tensor is laid out.
 
-Our interpretation (not stated by the paper; docs "ART-V, Not stated"):
+Our interpretation (not stated by the paper; docs/ARCHITECTURE.md, "ART-V: what the paper does not state"):
 
 - Training example: a target frame k drawn uniformly from 1..T-1 of a clip sampled at 8 fps (supplementary
   Table 4), its two predecessors k-2 and k-1 as reference frames (k-2 clamped at frame 0, so k = 1 sees frame 0
