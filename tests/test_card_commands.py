@@ -1,4 +1,4 @@
-"""Every training command the design card and the README show builds: the composed config instantiates its
+"""Every headline training command and every one the README shows builds: the composed config instantiates its
 model (paper sizes on the meta device), datamodule, callbacks, loggers and strategy, and the Trainer itself for
 the CPU trainers. Composing alone does not catch a key that one model's config leaks into another's constructor.
 
@@ -21,7 +21,7 @@ from modules.runtime.instantiation import instantiate_callbacks, instantiate_log
 from modules.training.video_diffusion_module import VideoDiffusionModule
 from tests.conftest import REPO_ROOT, compose_config
 
-# the design card's commands (shared/DESIGN.md "Who uses it and how"), as overrides
+# the headline commands: the default CPU run, each model, a paper trainer and resolutions, as overrides
 CARD = [
     [],
     ["model=artv"],

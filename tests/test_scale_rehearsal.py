@@ -1,4 +1,4 @@
-"""Scale rehearsals through `train.py` in real processes: the design card's commands, gradient accumulation with a
+"""Scale rehearsals through `train.py` in real processes: a sweep over both models, gradient accumulation with a
 non-finite micro-batch on 2 DDP ranks, and a preempted run relaunched with the same command.
 
 FSDP through the Trainer is rehearsed in tests/test_distributed_fsdp.py (`trainer=fsdp_cpu`).
