@@ -1,7 +1,7 @@
 """Turn video shards into latent shards (format: datamodules/latent_shards.py).
 
     python -m datamodules.encode_latents experiment=artv_webvid backbone.pretrained=/w/v2-1_512-ema-pruned.ckpt \
-        data.train_urls="/data/webvid/shards/{00000..09999}.tar" --out /data/webvid/latents/train --workers 2
+        'data.train_urls="/data/webvid/shards/{00000..09999}.tar"' --out /data/webvid/latents/train --workers 2
     python -m datamodules.encode_latents experiment=toy_scvideo --split val --out data/shapes_latents/val
 
 The positional arguments are Hydra overrides of conf/train.yaml: the experiment decides the first stage, its weights,

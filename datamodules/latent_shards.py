@@ -3,7 +3,7 @@ neither decodes video nor runs the VAE at every step (what finetrainers, the Mod
 feature extraction offer).
 
     python -m datamodules.encode_latents experiment=artv_webvid backbone.pretrained=/w/v2-1_512-ema-pruned.ckpt \
-        data.train_urls="/data/webvid/shards/{00000..09999}.tar" --out /data/webvid/latents/train --workers 2
+        'data.train_urls="/data/webvid/shards/{00000..09999}.tar"' --out /data/webvid/latents/train --workers 2
     python train.py experiment=artv_webvid data=webvid_latents data.train_urls=/data/webvid/latents/train ...
 
 Format (WebDataset tars, one per input shard, same name). Each sample `KEY` holds
