@@ -11,6 +11,7 @@ D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), and the probability-flow ODE 
 import itertools
 import logging
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -357,6 +358,31 @@ def test_seeded_generator_reproduces_bit_for_bit(schedule: NoiseSchedule):
         ]
         assert torch.equal(runs[0], runs[1])
         assert not torch.allclose(runs[0], runs[2])
+
+
+@pytest.mark.parametrize(
+    "sampler_class",
+    [EulerAncestralSampler, DPMPP2SAncestralSampler, partial(DDIMSampler, eta=1.0)],
+    ids=["euler_ancestral", "dpmpp_2s_ancestral", "ddim_eta1"],
+)
+def test_per_video_generators_draw_each_videos_fresh_noise_as_alone(schedule: NoiseSchedule, sampler_class):
+    """With one generator per video, the noise a sampler injects into video b comes from generator b alone: a batch
+    of three gives each video bit for bit as a batch of one with that video's seed."""
+    model = gaussian_eps_model(schedule, 1.0)
+    sampler = sampler_class(schedule, num_steps=5, progress=False)
+    seeds = (3, 4, 5)
+    noise = torch.randn(3, 2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def generators(chosen: tuple[int, ...]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(seed) for seed in chosen]
+
+    batched = sampler.sample(model, noise, cond={}, generator=generators(seeds))
+    for row, seed in enumerate(seeds):
+        alone = sampler.sample(model, noise[row : row + 1], cond={}, generator=generators((seed,)))
+        assert torch.equal(batched[row : row + 1], alone)
+    # one generator for the batch: a video's noise depends on the batch it is drawn in
+    one_generator = sampler.sample(model, noise, cond={}, generator=torch.Generator().manual_seed(seeds[0]))
+    assert not torch.allclose(one_generator, batched)
 
 
 def test_ddim_timesteps_and_first_step_by_hand(schedule: NoiseSchedule):

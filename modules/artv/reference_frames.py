@@ -29,6 +29,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from modules.diffusion.noise import Generators, standard_normal
+
 NUM_REFERENCE_FRAMES = 2
 
 
@@ -98,12 +100,13 @@ def gather_frames(clips: Tensor, frame_indices: Tensor) -> Tensor:
     return rearrange(picked, "b f c h w -> b c f h w")
 
 
-def augment_with_noise(frames: Tensor, levels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def augment_with_noise(frames: Tensor, levels: Tensor, generator: Generators = None) -> Tensor:
     """frames + sigma * N(0, I) with one sigma per sample.
 
-    frames: `[B, ...]`; levels: sigma `[B]` (>= 0). generator: on frames' device type, or None (global RNG).
+    frames: `[B, ...]`; levels: sigma `[B]` (>= 0). generator: one, one per sample (`modules/diffusion/noise.py`), or
+    None (global RNG).
     """
-    noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
+    noise = standard_normal(frames.shape, generator, device=frames.device, dtype=frames.dtype)
     return frames + levels.to(frames).reshape(-1, *([1] * (frames.ndim - 1))) * noise
 
 
@@ -111,7 +114,7 @@ def build_reference(
     earlier_reference: Tensor,
     previous_frame: Tensor,
     levels: Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Noise-augment the pair (k-2, k-1) with per-sample levels `[B]` and pack it with the clean frame k-1.
 

@@ -5,7 +5,8 @@ One signature for all samplers (k-diffusion style, docs/ARCHITECTURE.md "Sampler
     sampler.sample(eps_model, noise, *, cond, null_cond=None, guidance=None, generator=None, callback=None) -> x0
 
 `noise` is standard normal of the output shape `[B, ...]` (e.g. `[B, C, T, H, W]`); each sampler scales it
-as its algorithm needs. Per-step scalar coefficients are computed in float64 from the schedule's float64
+as its algorithm needs. `generator` is one generator, or one per video (`modules/diffusion/noise.py`): fresh noise
+(ancestral samplers, DDIM with eta > 0) then comes from each video's own generator. Per-step scalar coefficients are computed in float64 from the schedule's float64
 copy (`NoiseSchedule.alphas_cumprod_f64`, `sigmas_f64`) and applied to x in x's dtype.
 """
 
@@ -19,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance, NoGuidance
+from modules.diffusion.noise import Generators, standard_normal
 from modules.diffusion.noise_schedule import NoiseSchedule
 
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
@@ -68,7 +70,7 @@ class Sampler(ABC):
         cond: Conditions,
         null_cond: Conditions | None = None,
         guidance: Guidance | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: StepCallback | None = None,
     ) -> Tensor:
         """Draw x0 `[B, ...]` starting from standard normal `noise` `[B, ...]`."""
@@ -87,14 +89,10 @@ class Sampler(ABC):
         return (guidance or NoGuidance())(eps_model, x, t, cond, null_cond)
 
     @staticmethod
-    def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Standard normal of x's shape, device and dtype, drawn from generator (global RNG when None)."""
-        if generator is not None and generator.device.type != x.device.type:
-            raise ValueError(
-                f"generator is on '{generator.device}' but the noise is on '{x.device}'; "
-                f"create it with torch.Generator(device='{x.device.type}')"
-            )
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def _randn_like(x: Tensor, generator: Generators) -> Tensor:
+        """Standard normal of x's shape, device and dtype: row b from `generator[b]` when given one generator per
+        video (so a video's fresh noise does not depend on its batch), else one draw (global RNG when None)."""
+        return standard_normal(x.shape, generator, device=x.device, dtype=x.dtype)
 
     def _progress(self, steps: Iterable[int], total: int) -> Iterable[int]:
         return tqdm(steps, total=total, desc=type(self).__name__, disable=not self.progress, leave=False)

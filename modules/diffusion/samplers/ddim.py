@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance
+from modules.diffusion.noise import Generators
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import Sampler, StepCallback
 
@@ -90,7 +91,7 @@ class DDIMSampler(Sampler):
         cond: Conditions,
         null_cond: Conditions | None = None,
         guidance: Guidance | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: StepCallback | None = None,
     ) -> Tensor:
         """DDIM sampling from x_T = noise `[B, ...]`; returns the state at a_0 `[B, ...]`."""

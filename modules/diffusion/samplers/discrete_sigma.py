@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance
+from modules.diffusion.noise import Generators
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import Sampler
 
@@ -134,9 +135,7 @@ class AncestralSigmaSampler(DiscreteSigmaSampler):
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
         return sigma_down, sigma_up
 
-    def _add_noise(
-        self, x: Tensor, sigma_next: float, sigma_up: float, generator: torch.Generator | None
-    ) -> Tensor:
+    def _add_noise(self, x: Tensor, sigma_next: float, sigma_up: float, generator: Generators) -> Tensor:
         """x + s_noise * sigma_up * z, z ~ N(0, I) from generator; no draw at the last step (sigma_next = 0) or
         when sigma_up = 0 (eta = 0)."""
         if sigma_next > 0 and sigma_up > 0:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance
+from modules.diffusion.noise import Generators
 from modules.diffusion.samplers.base import StepCallback
 from modules.diffusion.samplers.discrete_sigma import AncestralSigmaSampler, euler_step
 
@@ -39,7 +40,7 @@ class DPMPP2SAncestralSampler(AncestralSigmaSampler):
         cond: Conditions,
         null_cond: Conditions | None = None,
         guidance: Guidance | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: StepCallback | None = None,
     ) -> Tensor:
         """DPM++ 2S ancestral from standard normal noise `[B, ...]`; returns x0 `[B, ...]`."""

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance
+from modules.diffusion.noise import Generators
 from modules.diffusion.samplers.base import StepCallback
 from modules.diffusion.samplers.discrete_sigma import AncestralSigmaSampler, euler_step
 
@@ -37,7 +38,7 @@ class EulerAncestralSampler(AncestralSigmaSampler):
         cond: Conditions,
         null_cond: Conditions | None = None,
         guidance: Guidance | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: StepCallback | None = None,
     ) -> Tensor:
         """Euler ancestral from standard normal noise `[B, ...]`; returns x0 `[B, ...]`."""
