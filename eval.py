@@ -30,6 +30,7 @@ from modules.evaluation.report import EvaluationReport, write_report
 from modules.evaluation.video_folder import generated_videos, iter_video_batches
 from modules.evaluation.video_metric import resolve_device
 from modules.runtime.config_checks import check_config
+from modules.runtime.precision import inference_precision
 from modules.runtime.run_directory import register_resolvers
 from modules.runtime.sampling import build_model_for_sampling
 
@@ -41,6 +42,8 @@ def generate_protocol_videos(cfg: DictConfig, device: torch.device) -> Path:
     """Generate the protocol's videos with the configured model into `<output_dir>/generated`."""
     protocol = cfg.eval_protocol
     check_config(cfg)
+    precision = inference_precision(cfg.get("inference"))
+    precision.check(device)
     jobs = expand_prompts(list(instantiate(protocol.prompts)), protocol.num_videos, protocol.seed)
     model = build_model_for_sampling(cfg).to(device).eval()
     folder = generate_videos(
@@ -53,6 +56,7 @@ def generate_protocol_videos(cfg: DictConfig, device: torch.device) -> Path:
         fps=protocol.fps,
         batch_size=cfg.batch_size,
         device=device,
+        precision=precision,
     )
     del model  # free the generator's memory before the feature networks load
     gc.collect()

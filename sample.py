@@ -1,7 +1,8 @@
 """Sample videos from a trained model.
 
 python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
-python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2]
+python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2,3] \
+    batch_size=4 inference.precision=bf16                           # 4 videos per call, bf16 autocast
 python sample.py model=artv experiment=artv_webvid ckpt_path=... prompt="a panda is playing guitar in the bar"
 python sample.py model=scvideo prompt="a red circle moving left" sampler.init_noise=retrieval \
     pool=pool/index.safetensors rewriter=template                   # POS (modules/pos/README.md)
@@ -18,31 +19,32 @@ import torch
 from omegaconf import DictConfig
 
 from datamodules.mp4_encoding import write_video
+from modules.generation import GenerationRequest, GenerationResult, batches, seeded_generators
 from modules.pos.pos_sampling import build_pos_generator
-from modules.runtime.config_checks import check_config
+from modules.runtime.config_checks import check_config, check_generation_options
+from modules.runtime.precision import inference_precision
 from modules.runtime.run_directory import register_resolvers
-from modules.runtime.sampling import (
-    build_model_for_sampling,
-    load_first_frame,
-    read_prompts,
-    seeded_generator,
-    video_filename,
-)
+from modules.runtime.sampling import build_model_for_sampling, load_first_frame, read_prompts, video_filename
 
 log = logging.getLogger("sample")
 register_resolvers()
 
 
 def sample(cfg: DictConfig) -> list[Path]:
-    """Generate one video per (prompt, seed) and write them as mp4 files; returns their paths."""
+    """Generate one video per (prompt, seed), or with `multi_prompt` one long video per seed, `batch_size` videos per
+    call, each from its own seed's generator (so a video does not depend on the batch); write them as mp4 files and
+    return their paths."""
     check_config(cfg)
+    check_generation_options(cfg)  # what the net cannot do fails here, before any weights load
     L.seed_everything(cfg.seed)
     device = torch.device(
         "cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu"
     )
+    precision = inference_precision(cfg.get("inference"))
+    precision.check(device)
+    prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
     model = build_model_for_sampling(cfg).to(device).eval()
     video_generator = build_pos_generator(cfg, model)
-    prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     first_frame = None
@@ -50,63 +52,44 @@ def sample(cfg: DictConfig) -> list[Path]:
         first_frame = load_first_frame(cfg.first_frame, cfg.resolution.height, cfg.resolution.width).to(
             device
         )
-    if cfg.get("multi_prompt") or first_frame is not None or cfg.get("save_mask"):
-        return _sample_frame_by_frame(cfg, model, video_generator, prompts, first_frame, output_dir, device)
+    multi_prompt = bool(cfg.get("multi_prompt"))
+    # (file name, prompt) per video; a multi-prompt video runs through every prompt
+    videos = [(f"multi {prompts[0]}", None)] if multi_prompt else [(prompt, prompt) for prompt in prompts]
+    jobs = [(name, prompt, int(seed)) for name, prompt in videos for seed in cfg.seeds]
     written: list[Path] = []
-    for prompt in prompts:
-        for seed in cfg.seeds:
-            video = video_generator.generate(
-                [prompt],
-                num_frames=cfg.num_frames,
+    with precision.applied(device):
+        for batch_index, batch in enumerate(batches(jobs, cfg.batch_size)):
+            request = GenerationRequest(
+                prompts=prompts if multi_prompt else [prompt for _, prompt, _ in batch],
                 height=cfg.resolution.height,
                 width=cfg.resolution.width,
-                generator=seeded_generator(seed, device),
+                num_frames=None if multi_prompt else cfg.num_frames,
+                frames_per_prompt=cfg.frames_per_prompt if multi_prompt else None,
+                generators=seeded_generators([seed for _, _, seed in batch], device),
+                first_frame=None if first_frame is None else first_frame.expand(len(batch), -1, -1, -1),
+                return_masks=bool(cfg.get("save_mask")),
             )
-            path = output_dir / video_filename(prompt, seed)
-            write_video(path, video[0].cpu(), fps=cfg.fps)
-            written.append(path)
-            log.info("wrote %s", path)
+            result = video_generator.generate(request)
+            for index, (name, _, seed) in enumerate(batch):
+                written += _write_outputs(result, index, name, seed, output_dir, cfg.fps)
+            log.info(
+                "wrote %s (batch %d, %d videos) <batch_size=%d>",
+                written[-1],
+                batch_index,
+                len(batch),
+                cfg.batch_size,
+            )
     return written
 
 
-def _sample_frame_by_frame(
-    cfg, model, video_generator, prompts, first_frame, output_dir: Path, device
+def _write_outputs(
+    result: GenerationResult, index: int, name: str, seed: int, output_dir: Path, fps: float
 ) -> list[Path]:
-    """ART-V's modes: text+image-to-video (`first_frame`, without POS), multi-prompt long videos (`multi_prompt`)
-    and mask videos (`save_mask`), the last two with or without POS."""
-    if video_generator.uses_pos and first_frame is not None:
-        raise ValueError(
-            "POS (sampler.init_noise, rewriter) does not combine with a given first frame: drop first_frame, or "
-            "use sampler.init_noise=gaussian rewriter=none <first_frame>"
-        )
-    # a given first frame goes to the model itself; otherwise the POS generator (plain sampling when POS is off)
-    source, given = (
-        (model, {"first_frame": first_frame}) if first_frame is not None else (video_generator, {})
-    )
-    written: list[Path] = []
-    save_mask = bool(cfg.get("save_mask"))
-    size = {"height": cfg.resolution.height, "width": cfg.resolution.width}
-    for seed in cfg.seeds:
-        options = {"generator": seeded_generator(seed, device), "return_masks": save_mask, **size, **given}
-        if cfg.get("multi_prompt"):
-            result = source.generate_multi_prompt(prompts, frames_per_prompt=cfg.frames_per_prompt, **options)
-            written += _write_outputs(result, f"multi {prompts[0]}", seed, output_dir, cfg.fps, save_mask)
-        else:
-            for prompt in prompts:
-                result = source.generate([prompt], num_frames=cfg.num_frames, **options)
-                written += _write_outputs(result, prompt, seed, output_dir, cfg.fps, save_mask)
-        log.info("wrote %s", written[-1])
-    return written
-
-
-def _write_outputs(result, name: str, seed: int, output_dir: Path, fps: float, with_mask: bool) -> list[Path]:
-    """The video (and its mask video) of one generation as mp4 files."""
-    video, masks = result if with_mask else (result, None)
-    paths = [write_video(output_dir / video_filename(name, seed), video[0].cpu(), fps=fps)]
-    if masks is not None:
-        paths.append(
-            write_video(output_dir / video_filename(name, seed, suffix="_mask.mp4"), masks[0].cpu(), fps=fps)
-        )
+    """Video `index` of a result (and its mask video, when the result has masks) as mp4 files."""
+    paths = [write_video(output_dir / video_filename(name, seed), result.video[index].cpu(), fps=fps)]
+    if result.masks is not None:
+        mask_path = output_dir / video_filename(name, seed, suffix="_mask.mp4")
+        paths.append(write_video(mask_path, result.masks[index].cpu(), fps=fps))
     return paths
 
 

@@ -39,10 +39,11 @@ from datamodules.shard_writer import write_shard_set
 from datamodules.tar_samples import expand_shard_urls
 from datamodules.toy_scorer import score_batch
 from datamodules.toy_shapes import COLORS, DIRECTIONS, SHAPES, toy_caption, toy_sample_factory
+from modules.generation import GenerationRequest, seeded_generators
 from modules.pos.build_index import IndexBuilder
 from modules.pos.caption_embedding import CaptionEmbedder
 from modules.pos.pos_sampling import PosGenerator, build_pos_generator
-from modules.runtime.sampling import build_model_for_sampling, seeded_generator
+from modules.runtime.sampling import build_model_for_sampling
 
 LOGGER = logging.getLogger("bench.pos_toy")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -100,15 +101,15 @@ def generate_all(
     """One video per prompt, seed first_seed + i: `[N, T, 3, H, W]` on the CPU."""
     videos = []
     for offset, prompt in enumerate(prompts):
-        video = generator.generate(
-            [prompt],
-            num_frames=cfg.num_frames,
+        request = GenerationRequest(
+            prompts=[prompt],
             height=cfg.resolution.height,
             width=cfg.resolution.width,
-            generator=seeded_generator(first_seed + offset, generator.model.device),
+            num_frames=cfg.num_frames,
+            generators=seeded_generators([first_seed + offset], generator.model.device),
             progress=False,
         )
-        videos.append(video[0].cpu())
+        videos.append(generator.generate(request).video[0].cpu())
         LOGGER.info("video %d / %d: %r", offset + 1, len(prompts), prompt)
     return torch.stack(videos)
 

@@ -54,6 +54,7 @@ from modules.artv.reference_frames import NUM_REFERENCE_FRAMES
 from modules.blocks.attention import attention_backend
 from modules.diffusion.guidance import Guidance
 from modules.diffusion.samplers import DPMPP2SAncestralSampler
+from modules.generation import LatentRequest, seeded_generators
 
 LOGGER = logging.getLogger("bench.sampling")
 SECTION = "sampling"
@@ -95,16 +96,20 @@ def generate_video(net: ARTVDenoiser, guidance: Guidance, setup: Setup, setting:
     text = torch.randn(1, flops.TEXT_TOKENS, flops.TEXT_DIM, generator=generator)
     null_text = torch.randn(1, flops.TEXT_TOKENS, flops.TEXT_DIM, generator=generator)
     sampler = DPMPP2SAncestralSampler(net.schedule, num_steps=setup.steps, progress=False)
-    size = setup.resolution // flops.LATENT_FACTOR
     net.condition_caching = setting
-    return net.generate(
-        sampler,
-        guidance,
-        text,
-        null_text,
+    return net.generate(sampler, guidance, latent_request(setup, text, null_text, [1], "cpu")).latents
+
+
+def latent_request(
+    setup: Setup, text: Tensor, null_text: Tensor, seeds: list[int], device: str
+) -> LatentRequest:
+    size = setup.resolution // flops.LATENT_FACTOR
+    return LatentRequest(
+        texts=[text.to(device)],
+        null_text=null_text.to(device),
         num_frames=setup.frames,
         latent_size=(size, size),
-        generator=torch.Generator().manual_seed(1),
+        generators=seeded_generators(seeds, device),
         progress=False,
     )
 

@@ -14,6 +14,8 @@ from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from datamodules.mp4_encoding import video_tensor_to_uint8
+from modules.generation import GenerationRequest, seeded_generators
+from modules.runtime.precision import InferencePrecision
 from modules.training.fsdp import call_through_root
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,11 @@ class VideoSampleLogger(L.Callback):
         prompts: the fixed validation prompts.
         every_n_steps: sampling period in optimizer steps (0 disables).
         num_frames, height, width: size of the sampled videos.
-        seed: seed of the initial noise, the same every time so samples are comparable across steps.
+        seed: seed of every video's generator, the same every time so samples are comparable across steps (video
+            i is the one `python sample.py prompt=<prompt i> seeds=[seed]` makes from the checkpoint).
         fps: frame rate stored with the video.
         use_ema: sample with the EMA weights.
+        precision, allow_tf32: generation precision (`inference.precision`, `inference.allow_tf32`; as sample.py's).
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class VideoSampleLogger(L.Callback):
         seed: int = 0,
         fps: int = 8,
         use_ema: bool = True,
+        precision: str = "fp32",
+        allow_tf32: bool = True,
     ) -> None:
         self.prompts = list(prompts)
         self.every_n_steps = every_n_steps
@@ -65,6 +71,7 @@ class VideoSampleLogger(L.Callback):
         self.seed = seed
         self.fps = fps
         self.use_ema = use_ema
+        self.precision = InferencePrecision(precision, allow_tf32)
         self._last_logged_step = -1
 
     def on_train_batch_end(
@@ -89,11 +96,18 @@ class VideoSampleLogger(L.Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        request = GenerationRequest(
+            prompts=self.prompts,
+            height=self.height,
+            width=self.width,
+            num_frames=self.num_frames,
+            generators=seeded_generators([self.seed] * len(self.prompts), pl_module.device),
+            progress=False,
+        )
         weights = pl_module.ema_weights() if self.use_ema else nullcontext()
         try:
-            with weights:
-                video = self._generate(trainer, pl_module, generator)
+            with weights, self.precision.applied(pl_module.device):
+                video = call_through_root(trainer.strategy, pl_module, "generate", request).video
         finally:
             pl_module.train(was_training)
         if trainer.is_global_zero:
@@ -111,19 +125,4 @@ class VideoSampleLogger(L.Callback):
             "logged %d sample videos at step %d <callbacks.video_samples.every_n_steps>",
             len(self.prompts),
             step,
-        )
-
-    def _generate(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, generator: torch.Generator
-    ) -> torch.Tensor:
-        return call_through_root(
-            trainer.strategy,
-            pl_module,
-            "generate",
-            self.prompts,
-            num_frames=self.num_frames,
-            height=self.height,
-            width=self.width,
-            generator=generator,
-            progress=False,
         )

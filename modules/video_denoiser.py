@@ -13,11 +13,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from modules.diffusion.guidance import Guidance
+from modules.diffusion.samplers.base import Sampler
+from modules.generation import GeneratedLatents, GenerationAbilities, LatentRequest
+
+if TYPE_CHECKING:
+    from modules.pos.noise_inversion import InversionStrategy
 
 EpsModel = Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor]
 
@@ -37,11 +43,13 @@ class TrainingExample:
 class VideoDenoiser(nn.Module, ABC):
     """A denoising network plus the model-specific rules for training examples and generation.
 
-    Subclasses set `condition_keys` (the names in `cond`, always including "text") and implement the
-    abstract methods. `forward(x_t, t, cond) -> eps` is the eps model the samplers drive.
+    Subclasses set `condition_keys` (the names in `cond`, always including "text") and `abilities` (what their
+    generation can do beyond text-to-video; shared code reads it, never the class), and implement the abstract
+    methods. `forward(x_t, t, cond) -> eps` is the eps model the samplers drive.
     """
 
     condition_keys: tuple[str, ...] = ("text",)
+    abilities: ClassVar[GenerationAbilities] = GenerationAbilities(model_name="this model")
 
     @abstractmethod
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
@@ -58,28 +66,16 @@ class VideoDenoiser(nn.Module, ABC):
         `training_frame_indices`) lists, `[B, C, F, h, w]`, or whole clips `[B, C, T, h, w]` when it is None."""
 
     @abstractmethod
-    def generate(
-        self,
-        sampler,
-        guidance: Guidance,
-        text: Tensor,
-        null_text: Tensor,
-        *,
-        num_frames: int,
-        latent_size: tuple[int, int],
-        generator: torch.Generator | None = None,
-        first_frame: Tensor | None = None,
-        progress: bool = True,
-        initial_noise: Tensor | None = None,
-    ) -> Tensor:
-        """Generate latent videos `[B, C, T, h, w]` for text embeddings `[B, L, D]`.
+    def generate(self, sampler: Sampler, guidance: Guidance, request: LatentRequest) -> GeneratedLatents:
+        """Generate the latent videos `[B, C, T, h, w]` of a request (text embeddings, size, per-video generators,
+        optional first frame and initial noise; `modules/generation.py`) with the sampler and guidance. The request
+        has been checked against `abilities`: it asks only for what the model declares."""
 
-        null_text: the empty-prompt embedding `[1, L, D]`. first_frame: optional clean latent `[B, C, h, w]`
-        to start from (text+image-to-video); models that cannot use it raise ValueError.
-        initial_noise: the sampler's starting noise instead of a fresh draw (e.g. POS's inverted noise,
-        modules/pos/), in the VP convention of a standard normal (each sampler scales it itself); its layout is
-        the model's (SCVideo: the whole clip `[B, C, T, h, w]`; ART-V: per frame `[B, C, T0, h, w]`, T0 <= T).
-        """
+    def inversion_strategy(self, *, all_frames: bool) -> InversionStrategy | None:
+        """How POS inverts a retrieved clip into this model's initial-noise layout (modules/pos/noise_inversion.py);
+        None (the default): the model has no inversion, and POS retrieval (`sampler.init_noise=retrieval`) is
+        refused. all_frames: invert every frame, not only the first (frame-by-frame models; `pos.approximator`)."""
+        return None
 
     def null_condition(self, cond: dict[str, Tensor], null_text: Tensor) -> dict[str, Tensor]:
         """The value each condition takes when dropped: the empty-prompt embedding for text, zeros otherwise."""

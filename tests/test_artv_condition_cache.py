@@ -21,6 +21,7 @@ from modules.artv.prepared_conditions import ConditionCaching
 from modules.blocks.attention import Attention, SpatialTransformer
 from modules.diffusion.guidance import Guidance
 from modules.diffusion.samplers import DPMPP2SAncestralSampler
+from modules.generation import LatentRequest
 from tests.conftest import compose_config
 
 BATCH = 2
@@ -96,30 +97,21 @@ def caching(net: ARTVDenoiser, setting: ConditionCaching) -> Iterator[None]:
 def generate(toy: ToyARTV, setting: ConditionCaching, mode: str, **options: Any) -> tuple[Tensor, Tensor]:
     """Latents and masks of one video: "t2v" (text-to-video), "i2v" (a given first frame) or "multi" (two prompts
     of NUM_FRAMES frames each), seeded alike whatever the caching."""
-    arguments: dict[str, Any] = dict(
+    sampler = options.pop("sampler", None) or toy.sampler()
+    texts = [toy.text(seed=1), toy.text(seed=2)] if mode == "multi" else [toy.text(seed=1)]
+    request = LatentRequest(
+        texts=texts,
+        null_text=toy.null_text(),
+        num_frames=NUM_FRAMES * len(texts),
         latent_size=toy.latent_size,
-        generator=torch.Generator().manual_seed(0),
+        generators=torch.Generator().manual_seed(0),
+        first_frame=toy.first_frame() if mode == "i2v" else None,
         progress=False,
-        return_masks=True,
         **options,
     )
-    sampler = arguments.pop("sampler", None) or toy.sampler()
     with caching(toy.net, setting):
-        if mode == "multi":
-            texts = [toy.text(seed=1), toy.text(seed=2)]
-            return toy.net.generate_multi_prompt(
-                sampler, toy.guidance, texts, toy.null_text(), frames_per_prompt=NUM_FRAMES, **arguments
-            )
-        first_frame = toy.first_frame() if mode == "i2v" else None
-        return toy.net.generate(
-            sampler,
-            toy.guidance,
-            toy.text(seed=1),
-            toy.null_text(),
-            num_frames=NUM_FRAMES,
-            first_frame=first_frame,
-            **arguments,
-        )
+        generated = toy.net.generate(sampler, toy.guidance, request)
+    return generated.latents, generated.masks
 
 
 # ---------------------------------------------------------------- same video

@@ -17,6 +17,7 @@ from torch import nn
 from bench.flops import TABLE2_GFLOPS, artv_macs, build_artv_net, counting_macs
 from modules.artv.anchor_attention import is_anchor_parameter
 from modules.blocks.attention import Attention
+from modules.generation import GenerationRequest, seeded_generators
 from tests.conftest import compose_config
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "reference"
@@ -168,13 +169,15 @@ def test_toy_experiment_trains_and_generates_through_the_shared_module(tmp_path)
     assert all(grad is not None for grad in grads[:5])
     module.eval()
     video = module.generate(
-        ["a red circle moving left", "a blue square moving up"],
-        num_frames=3,
-        height=size,
-        width=size,
-        generator=torch.Generator().manual_seed(0),
-        progress=False,
-    )
+        GenerationRequest(
+            prompts=["a red circle moving left", "a blue square moving up"],
+            height=size,
+            width=size,
+            num_frames=3,
+            generators=seeded_generators([0, 1], "cpu"),
+            progress=False,
+        )
+    ).video
     assert video.shape == (2, 3, 3, size, size)
     assert float(video.abs().max()) <= 1.0
 

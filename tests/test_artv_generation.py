@@ -4,6 +4,7 @@ output, M = 1 reproducing the reference frame, and overfitting a 2-frame clip.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -13,8 +14,9 @@ from torch import Tensor
 from modules.artv.artv_denoiser import ARTVDenoiser
 from modules.artv.autoregressive import text_only_guidance
 from modules.artv.prepared_conditions import ConditionCaching
-from modules.diffusion.guidance import ClassifierFreeGuidance, MultiConditionGuidance, NoGuidance
-from modules.diffusion.samplers import DPMPP2SAncestralSampler
+from modules.diffusion.guidance import ClassifierFreeGuidance, Guidance, MultiConditionGuidance, NoGuidance
+from modules.diffusion.samplers import DPMPP2SAncestralSampler, Sampler
+from modules.generation import GeneratedLatents, LatentRequest
 from tests.helpers.tiny_artv import (
     CONTEXT_DIM,
     LATENT_CHANNELS,
@@ -39,6 +41,26 @@ def texts(batch: int = 1, seed: int = 2) -> tuple[Tensor, Tensor]:
     text = torch.randn(batch, TEXT_TOKENS, CONTEXT_DIM, generator=generator)
     null_text = torch.randn(1, TEXT_TOKENS, CONTEXT_DIM, generator=generator)
     return text, null_text
+
+
+def generate(
+    net: ARTVDenoiser,
+    steps: Sampler,
+    guidance: Guidance,
+    texts: list[Tensor],
+    null_text: Tensor,
+    num_frames: int,
+    **options: Any,
+) -> GeneratedLatents:
+    """The net's generation of 8x8 latents without progress bars; options: the rest of a `LatentRequest`."""
+    request = LatentRequest(
+        texts=texts, null_text=null_text, num_frames=num_frames, latent_size=(8, 8), progress=False, **options
+    )
+    return net.generate(steps, guidance, request)
+
+
+def latents_and_masks(generated: GeneratedLatents) -> tuple[Tensor, Tensor]:
+    return generated.latents, generated.masks
 
 
 def sampler(num_steps: int = 3) -> DPMPP2SAncestralSampler:
@@ -117,16 +139,7 @@ def test_text_to_video_generates_frame_zero_without_image_conditions_then_anchor
     calls = record_full_conditions(net)
     steps = sampler(num_steps=2)
     evaluations_per_frame = 3  # DPM++ 2S ancestral: two per step, one on the last (Euler) step
-    latents, masks = net.generate(
-        steps,
-        NoGuidance(),
-        text,
-        null_text,
-        num_frames=3,
-        latent_size=(8, 8),
-        progress=False,
-        return_masks=True,
-    )
+    latents, masks = latents_and_masks(generate(net, steps, NoGuidance(), [text], null_text, num_frames=3))
     assert latents.shape == (2, LATENT_CHANNELS, 3, LATENT_SIZE, LATENT_SIZE)
     assert masks.shape == (2, 1, 3, LATENT_SIZE, LATENT_SIZE)
     assert float(masks.min()) >= 0 and float(masks.max()) <= 1
@@ -154,17 +167,12 @@ def test_image_to_video_keeps_the_given_first_frame_and_is_reproducible() -> Non
     first_frame = torch.randn(2, 4, 8, 8)
 
     def run(seed: int) -> tuple[Tensor, Tensor]:
-        return net.generate(
-            sampler(),
-            MultiConditionGuidance(EQ1_WEIGHTS),
-            text,
-            null_text,
-            num_frames=3,
-            latent_size=(8, 8),
-            generator=torch.Generator().manual_seed(seed),
-            first_frame=first_frame,
-            progress=False,
-            return_masks=True,
+        generator = torch.Generator().manual_seed(seed)
+        guidance = MultiConditionGuidance(EQ1_WEIGHTS)
+        return latents_and_masks(
+            generate(
+                net, sampler(), guidance, [text], null_text, 3, generators=generator, first_frame=first_frame
+            )
         )
 
     latents, masks = run(seed=0)
@@ -175,16 +183,7 @@ def test_image_to_video_keeps_the_given_first_frame_and_is_reproducible() -> Non
     assert torch.equal(latents, again)
     assert not torch.allclose(latents[:, :, 1:], other[:, :, 1:])
     with pytest.raises(ValueError, match="first_frame must be a clean latent"):
-        net.generate(
-            sampler(),
-            NoGuidance(),
-            text,
-            null_text,
-            num_frames=2,
-            latent_size=(8, 8),
-            first_frame=first_frame[:1],
-            progress=False,
-        )
+        generate(net, sampler(), NoGuidance(), [text], null_text, 2, first_frame=first_frame[:1])
 
 
 def test_initial_noise_replaces_the_draws_of_the_frames_it_covers() -> None:
@@ -194,31 +193,25 @@ def test_initial_noise_replaces_the_draws_of_the_frames_it_covers() -> None:
     initial_noise = torch.randn(2, 4, 1, 8, 8)
 
     def run(seed: int) -> Tensor:
-        return net.generate(
+        generator = torch.Generator().manual_seed(seed)
+        guidance = MultiConditionGuidance(EQ1_WEIGHTS)
+        return generate(
+            net,
             deterministic,
-            MultiConditionGuidance(EQ1_WEIGHTS),
-            text,
+            guidance,
+            [text],
             null_text,
-            num_frames=3,
-            latent_size=(8, 8),
-            generator=torch.Generator().manual_seed(seed),
-            progress=False,
+            3,
+            generators=generator,
             initial_noise=initial_noise,
-        )
+        ).latents
 
     first, second = run(seed=0), run(seed=1)
     assert torch.equal(first[:, :, 0], second[:, :, 0])  # frame 0 starts from the given noise
     assert not torch.allclose(first[:, :, 1], second[:, :, 1])  # later frames draw their own
     with pytest.raises(ValueError, match="initial_noise must be per frame"):
-        net.generate(
-            deterministic,
-            NoGuidance(),
-            text,
-            null_text,
-            num_frames=2,
-            latent_size=(8, 8),
-            progress=False,
-            initial_noise=torch.randn(2, 4, 1, 4, 4),
+        generate(
+            net, deterministic, NoGuidance(), [text], null_text, 2, initial_noise=torch.randn(2, 4, 1, 4, 4)
         )
 
 
@@ -227,15 +220,7 @@ def test_multi_prompt_anchors_are_first_frame_then_last_frame_of_previous_prompt
     prompt_a, null_text = texts(seed=3)
     prompt_b, _ = texts(seed=4)
     calls = record_full_conditions(net)
-    latents = net.generate_multi_prompt(
-        sampler(num_steps=1),
-        NoGuidance(),
-        [prompt_a, prompt_b],
-        null_text,
-        frames_per_prompt=3,
-        latent_size=(8, 8),
-        progress=False,
-    )
+    latents = generate(net, sampler(num_steps=1), NoGuidance(), [prompt_a, prompt_b], null_text, 6).latents
     assert latents.shape == (1, 4, 6, 8, 8)
     frames = [latents[:, :, index] for index in range(6)]
     # one evaluation per frame (a single Euler step); frame 0 has null anchor, then frames 1..5
@@ -255,16 +240,9 @@ def test_mask_of_one_reproduces_the_reference_frame_exactly() -> None:
         net.mask_unet.out[-1].bias.fill_(100.0)  # M = 1: x0_hat = z_ref at every step
     text, null_text = texts()
     first_frame = torch.randn(1, 4, 8, 8)
-    latents = net.generate(
-        sampler(num_steps=4),
-        NoGuidance(),
-        text,
-        null_text,
-        num_frames=3,
-        latent_size=(8, 8),
-        first_frame=first_frame,
-        progress=False,
-    )
+    latents = generate(
+        net, sampler(num_steps=4), NoGuidance(), [text], null_text, 3, first_frame=first_frame
+    ).latents
     # DPM++ 2S ancestral: D(x, sigma) = z_ref exactly, and the last (Euler) step lands on D
     torch.testing.assert_close(latents[:, :, 1], first_frame, atol=1e-5, rtol=0)
     torch.testing.assert_close(latents[:, :, 2], first_frame, atol=1e-5, rtol=0)
@@ -305,18 +283,18 @@ def overfit_two_frame_clip(steps: int) -> tuple[ARTVDenoiser, list[float], Tenso
 
 
 def generated_second_frame(net: ARTVDenoiser, frame0: Tensor, text: Tensor) -> Tensor:
-    latents = net.generate(
+    generator = torch.Generator().manual_seed(3)
+    generated = generate(
+        net,
         sampler(num_steps=20),
         NoGuidance(),
-        text,
+        [text],
         torch.zeros_like(text),
-        num_frames=2,
-        latent_size=(8, 8),
-        generator=torch.Generator().manual_seed(3),
+        2,
+        generators=generator,
         first_frame=frame0,
-        progress=False,
     )
-    return latents[:, :, 1]
+    return generated.latents[:, :, 1]
 
 
 def test_overfits_a_two_frame_clip() -> None:

@@ -8,6 +8,7 @@ import torch
 from modules.evaluation.generation import generate_videos
 from modules.evaluation.prompts import expand_prompts
 from modules.evaluation.video_folder import generated_videos
+from modules.generation import GenerationRequest, GenerationResult
 
 
 class CountingModel:
@@ -18,13 +19,14 @@ class CountingModel:
         self.batches = 0
         self.fail_after_batches = fail_after_batches
 
-    def generate(self, prompts, *, num_frames, height, width, generator, progress):
+    def generate(self, request: GenerationRequest) -> GenerationResult:
         if self.fail_after_batches is not None and self.batches == self.fail_after_batches:
             raise KeyboardInterrupt("simulated interruption")
         self.batches += 1
-        self.prompts_generated.extend(prompts)
-        noise = torch.rand(len(prompts), num_frames, 3, height, width, generator=generator)
-        return noise * 2 - 1
+        self.prompts_generated.extend(request.prompts)
+        shape = (request.frames_per_video, 3, request.height, request.width)
+        noise = torch.stack([torch.rand(shape, generator=generator) for generator in request.generators])
+        return GenerationResult(video=noise * 2 - 1)
 
 
 def _run(model, jobs, folder):

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from modules.artv.frame_inversion import PerFrameInversion
 from modules.diffusion.guidance import ClassifierFreeGuidance
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers import DDIMSampler, DPMPP2SAncestralSampler
 from modules.pos.hybrid_semantics import HybridSchedule, HybridTextConditioning, pair_text
 from modules.pos.noise_inversion import (
     InversionSettings,
-    PerFrameInversion,
     WholeClipInversion,
     ddim_transfer,
     invert_to_sampler_start,
@@ -92,7 +92,7 @@ def test_ddim_inversion_then_sampling_reconstructs_the_latent(num_steps, fixed_p
     sampler = DDIMSampler(schedule, num_steps=num_steps, progress=False)
     settings = InversionSettings(fixed_point_iterations=fixed_point_iterations)
     x_start = WholeClipInversion().invert(
-        denoiser, x0, text, null_text, sampler=sampler, guidance=None, settings=settings
+        denoiser, x0, [text], null_text, sampler=sampler, guidance=None, settings=settings
     )
     # the inverted state is noise-like: the ODE state at the top timestep, within DDIM's discretisation error
     exact = denoiser.exact_state(x0, text, int(sampler.timesteps()[0]))
@@ -115,7 +115,7 @@ def test_inversion_and_sampling_under_hybrid_text_and_guidance_reconstruct_too()
         settings = InversionSettings(fixed_point_iterations=3, use_guidance=use_guidance)
         with hybrid.attached(denoiser):
             x_start = WholeClipInversion().invert(
-                denoiser, x0, pair, null_pair, sampler=sampler, guidance=guidance, settings=settings
+                denoiser, x0, [pair], null_pair, sampler=sampler, guidance=guidance, settings=settings
             )
             return sampler.sample(
                 denoiser, x_start, cond={"text": pair}, null_cond={"text": null_pair}, guidance=guidance
@@ -192,7 +192,7 @@ def test_per_frame_inversion_uses_the_conditions_of_each_generated_frame(all_fra
     text, _, null_text = texts(batch=1)
     sampler = DPMPP2SAncestralSampler(NoiseSchedule(), num_steps=4, progress=False)
     inverted = PerFrameInversion(all_frames).invert(
-        net, latents, text, null_text, sampler=sampler, guidance=None, settings=InversionSettings()
+        net, latents, [text], null_text, sampler=sampler, guidance=None, settings=InversionSettings()
     )
     assert inverted.shape == (1, 4, 3 if all_frames else 1, 6, 6)
     calls_per_frame = len(net.seen) // inverted.shape[2]

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from modules.generation import GenerationRequest, seeded_generators
 from modules.pos.caption_embedding import EncoderMismatchError
 from modules.pos.hybrid_semantics import HybridSchedule
 from modules.pos.optimal_noise import OptimalNoiseApproximator
 from modules.pos.pos_sampling import PosGenerator, build_pos_generator
 from modules.pos.rewriters import TemplateRewriter
-from modules.runtime.sampling import build_model_for_sampling, seeded_generator
+from modules.runtime.sampling import build_model_for_sampling
 from tests.conftest import compose_config
+from tests.helpers.random_weights import randomize_zero_parameters
 from tests.helpers.toy_pool import build_toy_index, tiny_text_encoder
 
 PROMPT = "a red circle moving left"
@@ -59,11 +61,7 @@ def tiny_model(cfg):
     """The config's random tiny model with every zero-initialised parameter (output convs, temporal attention
     outputs) made random, so that the text and every path change the prediction."""
     model = build_model_for_sampling(cfg).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.net.parameters():
-            if not parameter.any():
-                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    randomize_zero_parameters(model.net)
     return model
 
 
@@ -71,29 +69,28 @@ def sampling_config(model: str, tmp_path: Path, extra: list[str] = ()):
     return compose_config("sample", [*MODELS[model], *FAST, *extra], tmp_path)
 
 
-def generate(generator, cfg, seed: int) -> torch.Tensor:
-    return generator.generate(
-        [PROMPT],
-        num_frames=cfg.num_frames,
+def request(cfg, seed: int, **options) -> GenerationRequest:
+    """One video of PROMPT with `seed` at the config's size, without progress bars."""
+    return GenerationRequest(
+        prompts=[PROMPT],
         height=cfg.resolution.height,
         width=cfg.resolution.width,
-        generator=seeded_generator(seed, "cpu"),
+        num_frames=cfg.num_frames,
+        generators=seeded_generators([seed], "cpu"),
         progress=False,
+        **options,
     )
+
+
+def generate(generator, cfg, seed: int) -> torch.Tensor:
+    return generator.generate(request(cfg, seed)).video
 
 
 @pytest.mark.parametrize("model_name", ["scvideo", "artv"])
 def test_lam_one_reproduces_plain_sampling_bit_for_bit(model_name, pool_index, tmp_path, caplog):
     cfg = sampling_config(model_name, tmp_path)
     model = tiny_model(cfg)
-    plain = model.generate(
-        [PROMPT],
-        num_frames=cfg.num_frames,
-        height=16,
-        width=16,
-        generator=seeded_generator(0, "cpu"),
-        progress=False,
-    )
+    plain = model.generate(request(cfg, 0)).video
     approximator = OptimalNoiseApproximator(pool_index, lam=1.0, frame_stride=1)
     with caplog.at_level(logging.INFO, logger="modules.pos.optimal_noise"):
         pos = generate(PosGenerator(model, approximator=approximator), cfg, seed=0)
@@ -104,7 +101,7 @@ def test_lam_one_reproduces_plain_sampling_bit_for_bit(model_name, pool_index, t
 def test_inverted_noise_changes_the_video_and_seeds_still_vary(pool_index, tmp_path):
     cfg = sampling_config("scvideo", tmp_path)
     model = tiny_model(cfg)
-    plain = model.generate([PROMPT], num_frames=4, height=16, width=16, generator=seeded_generator(0, "cpu"))
+    plain = model.generate(request(cfg, 0)).video
     mixed = PosGenerator(model, approximator=OptimalNoiseApproximator(pool_index, lam=0.5, frame_stride=1))
     first, again, other_seed = (generate(mixed, cfg, seed) for seed in (0, 0, 1))
     assert torch.equal(first, again)
@@ -218,13 +215,14 @@ def test_bench_pos_toy_runs_on_a_tiny_random_model_with_two_videos(pool_index, t
 SECOND_PROMPT = "a red square moving left"  # also in the toy pool (its sample 7)
 
 
-def generate_multi(generator, seed: int, **options):
-    return generator.generate_multi_prompt(
-        [PROMPT, SECOND_PROMPT],
-        frames_per_prompt=2,
+def multi_request(seeds: list[int], **options) -> GenerationRequest:
+    """Multi-prompt videos of PROMPT then SECOND_PROMPT, two frames each, one per seed."""
+    return GenerationRequest(
+        prompts=[PROMPT, SECOND_PROMPT],
         height=16,
         width=16,
-        generator=seeded_generator(seed, "cpu"),
+        frames_per_prompt=2,
+        generators=seeded_generators(seeds, "cpu"),
         progress=False,
         **options,
     )
@@ -232,20 +230,13 @@ def generate_multi(generator, seed: int, **options):
 
 def test_multi_prompt_without_pos_and_with_lam_one_is_plain_multi_prompt_bit_for_bit(pool_index, tmp_path):
     model = tiny_model(sampling_config("artv", tmp_path))
-    plain_video, plain_masks = model.generate_multi_prompt(
-        [PROMPT, SECOND_PROMPT],
-        frames_per_prompt=2,
-        height=16,
-        width=16,
-        generator=seeded_generator(0, "cpu"),
-        progress=False,
-        return_masks=True,
-    )
-    assert plain_video.shape == (1, 4, 3, 16, 16)
-    video, masks = generate_multi(PosGenerator(model), 0, return_masks=True)
-    assert torch.equal(video, plain_video) and torch.equal(masks, plain_masks)
+    plain = model.generate(multi_request([0], return_masks=True))
+    assert plain.video.shape == (1, 4, 3, 16, 16) and plain.masks.shape == (1, 4, 3, 16, 16)
+    pos_off = PosGenerator(model).generate(multi_request([0], return_masks=True))
+    assert torch.equal(pos_off.video, plain.video) and torch.equal(pos_off.masks, plain.masks)
     approximator = OptimalNoiseApproximator(pool_index, lam=1.0, frame_stride=1)
-    assert torch.equal(generate_multi(PosGenerator(model, approximator=approximator), 0), plain_video)
+    pos_lam_one = PosGenerator(model, approximator=approximator).generate(multi_request([0]))
+    assert torch.equal(pos_lam_one.video, plain.video)
 
 
 def test_multi_prompt_pos_inverts_each_prompts_clip_under_the_multi_prompt_conditions(pool_index, tmp_path):
@@ -265,11 +256,11 @@ def test_multi_prompt_pos_inverts_each_prompts_clip_under_the_multi_prompt_condi
         SECOND_PROMPT,
     ]  # exact matches in the pool
     texts = [model.encode_text([PROMPT]), model.encode_text([SECOND_PROMPT])]
-    noise = approximator.initial_noise_multi_prompt(
-        model, retrieved, texts, model.null_text(), sampler=model.sampler, guidance=model.guidance
+    clips = torch.cat([item.clip for item in retrieved])[None]
+    noise = approximator.initial_noise(
+        model, clips, texts, model.null_text(), sampler=model.sampler, guidance=model.guidance
     )
     assert noise.shape == (1, model.net.latent_channels, 4, 8, 8)
-    clips = torch.cat([item.clip for item in retrieved])[None]
     latents = approximator._encode(model, clips)[0].unbind(dim=1)  # 4 frames [C, h, w]
     # one network evaluation sequence per inverted frame; group the calls by their reference tensor
     frames: dict[int, dict[str, torch.Tensor]] = {}
@@ -288,7 +279,7 @@ def test_multi_prompt_pos_inverts_each_prompts_clip_under_the_multi_prompt_condi
     # and generation starts each frame from that noise: the first network input of each frame's sampler run
     starts: list[torch.Tensor] = []
     model.net.register_forward_pre_hook(lambda module, args: starts.append(args[0][-1].clone()))
-    generate_multi(PosGenerator(model, approximator=approximator), seed=0)
+    PosGenerator(model, approximator=approximator).generate(multi_request([0]))
     evaluations_per_frame = 3  # DPM++ 2S with 2 steps: 2 + 1 evaluations
     first_inputs = starts[-4 * evaluations_per_frame :: evaluations_per_frame]
     for frame, start in enumerate(first_inputs):

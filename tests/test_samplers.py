@@ -27,6 +27,7 @@ from modules.diffusion.samplers import (
     DPMPP2SAncestralSampler,
     EulerAncestralSampler,
 )
+from modules.generation import GenerationRequest
 from tests.conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -618,12 +619,14 @@ def test_sampler_drives_a_tiny_model_through_its_config(
     assert module.sampler.schedule is module.schedule
     size = cfg.resolution.height
     video = module.generate(
-        ["a red circle moving left"],
-        num_frames=num_frames,
-        height=size,
-        width=size,
-        generator=torch.Generator().manual_seed(0),
-        progress=False,
-    )
+        GenerationRequest(
+            prompts=["a red circle moving left"],
+            height=size,
+            width=size,
+            num_frames=num_frames,
+            generators=[torch.Generator().manual_seed(0)],
+            progress=False,
+        )
+    ).video
     assert video.shape == (1, num_frames, 3, size, size)
     assert bool(torch.isfinite(video).all()) and float(video.abs().max()) <= 1.0

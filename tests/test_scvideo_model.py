@@ -23,6 +23,7 @@ from modules.checkpoints import StateDictMismatchError
 from modules.diffusion.guidance import ClassifierFreeGuidance
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.ddim import DDIMSampler
+from modules.generation import LatentRequest
 from modules.scvideo import (
     NEW_MODULE_NAMES,
     SCVideoDenoiser,
@@ -366,21 +367,20 @@ def test_generate_is_seeded_and_rejects_a_first_frame():
 
     def generate(seed: int, **kwargs: Any) -> Tensor:
         generator = torch.Generator().manual_seed(seed)
-        return net.generate(
-            sampler,
-            guidance,
-            text,
-            null_text,
+        request = LatentRequest(
+            texts=[text],
+            null_text=null_text,
             num_frames=4,
             latent_size=(SIZE, SIZE),
-            generator=generator,
+            generators=generator,
             **kwargs,
         )
+        return net.generate(sampler, guidance, request).latents
 
     first = generate(0, progress=False)
     assert first.shape == (2, CHANNELS, 4, SIZE, SIZE) and torch.isfinite(first).all()
     assert sampler.progress  # restored after a run without a progress bar
     torch.testing.assert_close(generate(0), first, atol=0, rtol=0)
     assert not torch.allclose(generate(1), first)
-    with pytest.raises(ValueError, match="first_frame"):
-        generate(0, first_frame=torch.zeros(2, CHANNELS, SIZE, SIZE))
+    with pytest.raises(ValueError, match="first_frame: SCVideo cannot start from a given first frame"):
+        net.abilities.check(first_frame=True)

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from callbacks.video_sample_logger import VideoSampleLogger, gif_summary
+from modules.generation import GenerationRequest, GenerationResult
 
 
 def test_gif_summary_round_trips_through_an_event_file(tmp_path):
@@ -48,6 +49,7 @@ class GeneratingModule:
         self.training = True
         self.generated = 0
         self.swaps = 0
+        self.requests: list[GenerationRequest] = []
 
     def eval(self) -> None:
         self.training = False
@@ -60,9 +62,10 @@ class GeneratingModule:
         self.swaps += 1
         yield
 
-    def generate(self, prompts: list[str], *, num_frames: int, height: int, width: int, **_) -> torch.Tensor:
+    def generate(self, request: GenerationRequest) -> GenerationResult:
         self.generated += 1
-        return torch.zeros(len(prompts), num_frames, 3, height, width)
+        self.requests.append(request)
+        return GenerationResult(video=torch.zeros(request.batch_size, request.frames_per_video, 3, 8, 8))
 
 
 def test_every_rank_generates_and_rank_zero_writes(tmp_path):

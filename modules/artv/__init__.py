@@ -4,7 +4,7 @@ lives where: docs/ARCHITECTURE.md, "Paper to code")."""
 from modules.artv.adapter import T2IAdapter
 from modules.artv.anchor_attention import AnchorBlockFactory, AnchorSpatialTransformer, anchor_tokens
 from modules.artv.artv_denoiser import ARTVDenoiser
-from modules.artv.autoregressive import GeneratedVideo, generate_multi_prompt_video, generate_video
+from modules.artv.autoregressive import generate_video
 from modules.artv.masked_diffusion import masked_eps, masked_x0
 from modules.artv.prepared_conditions import ConditionCaching, PreparedConditions
 
@@ -13,11 +13,9 @@ __all__ = [
     "AnchorBlockFactory",
     "AnchorSpatialTransformer",
     "ConditionCaching",
-    "GeneratedVideo",
     "PreparedConditions",
     "T2IAdapter",
     "anchor_tokens",
-    "generate_multi_prompt_video",
     "generate_video",
     "masked_eps",
     "masked_x0",

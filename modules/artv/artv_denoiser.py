@@ -45,7 +45,8 @@ from modules.artv.anchor_attention import (
     anchor_tokens,
     is_anchor_parameter,
 )
-from modules.artv.autoregressive import generate_multi_prompt_video, generate_video
+from modules.artv.autoregressive import generate_video
+from modules.artv.frame_inversion import PerFrameInversion
 from modules.artv.masked_diffusion import masked_eps
 from modules.artv.prepared_conditions import (
     ConditionCaching,
@@ -73,6 +74,8 @@ from modules.checkpoints import (
 from modules.diffusion.guidance import Guidance
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import Sampler
+from modules.generation import GeneratedLatents, GenerationAbilities, LatentRequest
+from modules.pos.noise_inversion import InversionStrategy
 from modules.unet.unet_2d import UNetModel
 from modules.video_denoiser import TrainingExample, VideoDenoiser
 
@@ -125,6 +128,7 @@ class ARTVDenoiser(VideoDenoiser):
     """
 
     condition_keys = ("text", "reference", "anchor")
+    abilities = GenerationAbilities(model_name="ART-V", first_frame=True, multi_prompt=True, masks=True)
 
     def __init__(
         self,
@@ -444,75 +448,13 @@ class ARTVDenoiser(VideoDenoiser):
         return TrainingExample(x0=frames.target, cond={"reference": reference, "anchor": frames.anchor})
 
     # ---- generation ---------------------------------------------------------------------------------
-    def generate(
-        self,
-        sampler: Sampler,
-        guidance: Guidance,
-        text: Tensor,
-        null_text: Tensor,
-        *,
-        num_frames: int,
-        latent_size: tuple[int, int],
-        generator: torch.Generator | None = None,
-        first_frame: Tensor | None = None,
-        progress: bool = True,
-        return_masks: bool = False,
-        initial_noise: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Auto-regressive generation, one frame at a time (see `modules/artv/autoregressive.py`).
+    def generate(self, sampler: Sampler, guidance: Guidance, request: LatentRequest) -> GeneratedLatents:
+        """Auto-regressive generation, one frame at a time for the whole batch (`modules/artv/autoregressive.py`):
+        text-to-video, text+image-to-video from `request.first_frame` (a clean latent `[B, C, h, w]`, frame 0 and the
+        anchor) and multi-prompt videos (one text per segment). Returns latents `[B, C, T, h, w]` and masks
+        `[B, 1, T, h, w]`."""
+        return generate_video(self, sampler, guidance, request)
 
-        text: `[B, L, D]`; null_text: `[1, L, D]`; first_frame: optional clean latent `[B, C, h, w]` (text+image-
-        to-video: frame 0 and the anchor); initial_noise: optional per-frame starting noise `[B, C, T0, h, w]` of
-        frames 0..T0-1. Returns latents `[B, C, T, h, w]`, and masks `[B, 1, T, h, w]` when `return_masks`.
-        """
-        video = generate_video(
-            self,
-            sampler,
-            guidance,
-            text,
-            null_text,
-            num_frames=num_frames,
-            latent_size=latent_size,
-            generator=generator,
-            first_frame=first_frame,
-            progress=progress,
-            initial_noise=initial_noise,
-        )
-        return (video.latents, video.masks) if return_masks else video.latents
-
-    def generate_multi_prompt(
-        self,
-        sampler: Sampler,
-        guidance: Guidance,
-        texts: list[Tensor],
-        null_text: Tensor,
-        *,
-        frames_per_prompt: int = 16,
-        latent_size: tuple[int, int],
-        generator: torch.Generator | None = None,
-        first_frame: Tensor | None = None,
-        progress: bool = True,
-        return_masks: bool = False,
-        initial_noise: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Multi-prompt long video (ART-V supplementary section 4): `frames_per_prompt` frames per prompt.
-
-        The anchor of the first prompt is its first frame (generated, or `first_frame`); the anchor of every later
-        prompt is the last frame of the previous prompt. texts: one `[B, L, D]` per prompt; initial_noise: optional
-        starting noise `[B, C, T0, h, w]` of frames 0..T0-1 of the whole video. Returns latents
-        `[B, C, len(texts) * frames_per_prompt, h, w]` (and masks `[B, 1, T, h, w]` when `return_masks`).
-        """
-        video = generate_multi_prompt_video(
-            self,
-            sampler,
-            guidance,
-            texts,
-            null_text,
-            frames_per_prompt=frames_per_prompt,
-            latent_size=latent_size,
-            generator=generator,
-            first_frame=first_frame,
-            progress=progress,
-            initial_noise=initial_noise,
-        )
-        return (video.latents, video.masks) if return_masks else video.latents
+    def inversion_strategy(self, *, all_frames: bool) -> InversionStrategy:
+        """POS inverts frame by frame, frame 0 only or every frame (`all_frames`)."""
+        return PerFrameInversion(all_frames)

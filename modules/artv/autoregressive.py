@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,20 +49,14 @@ from modules.diffusion.guidance import (
     NoGuidance,
     PreparedGuidance,
 )
+from modules.diffusion.noise import Generators, standard_normal
 from modules.diffusion.samplers.base import Sampler
+from modules.generation import GeneratedLatents, LatentRequest
 
 if TYPE_CHECKING:
     from modules.artv.artv_denoiser import ARTVDenoiser
 
 IMAGE_CONDITIONS = ("reference", "anchor")
-
-
-@dataclass
-class GeneratedVideo:
-    """latents `[B, C, T, h, w]` and the per-frame masks `[B, 1, T, h, w]`."""
-
-    latents: Tensor
-    masks: Tensor
 
 
 def text_only_guidance(guidance: Guidance | None) -> Guidance | None:
@@ -109,7 +102,7 @@ def _sampler_progress(sampler: Sampler, enabled: bool) -> Iterator[None]:
 
 
 class FrameGenerator:
-    """Samples single frames for one batch of videos.
+    """Samples single frames for one batch of videos, frame-synchronously: frame k of every video in one sampler run.
 
     Args:
         denoiser: the ART-V eps model.
@@ -117,8 +110,9 @@ class FrameGenerator:
         guidance: eq. (1) (`MultiConditionGuidance`) or any other guidance object.
         null_text: the empty-prompt embedding `[1, L, D]`.
         batch_size, latent_size: B and (h, w) of the frames.
-        generator: RNG for the initial noise, the ancestral noise and the reference augmentation; on the
-            denoiser's device type (None: global RNG).
+        generator: RNG for the initial noise, the ancestral noise and the reference augmentation: one per video (each
+            video draws only from its own, so it is the same video in any batch), one for the batch, or None (global
+            RNG); see modules/diffusion/noise.py.
         initial_noise: optional starting noise of frames 0..T0-1, `[B, C, T0, h, w]`, used instead of their draws.
     """
 
@@ -130,7 +124,7 @@ class FrameGenerator:
         null_text: Tensor,
         batch_size: int,
         latent_size: tuple[int, int],
-        generator: torch.Generator | None,
+        generator: Generators,
         initial_noise: Tensor | None = None,
     ) -> None:
         parameter = next(denoiser.parameters())
@@ -167,7 +161,7 @@ class FrameGenerator:
         """The sampler's starting noise for frame `frame_index`: the given initial noise, else a fresh draw."""
         if self.initial_noise is not None and frame_index < self.initial_noise.shape[2]:
             return self.initial_noise[:, :, frame_index].to(device=self.device, dtype=self.dtype).contiguous()
-        return torch.randn(self.frame_shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        return standard_normal(self.frame_shape, self.generator, device=self.device, dtype=self.dtype)
 
     def _sample(
         self,
@@ -268,8 +262,8 @@ def _extend(
         bar.update(1)
 
 
-def _stack(video: list[Tensor], masks: list[Tensor]) -> GeneratedVideo:
-    return GeneratedVideo(
+def _stack(video: list[Tensor], masks: list[Tensor]) -> GeneratedLatents:
+    return GeneratedLatents(
         latents=rearrange(torch.stack(video), "t b c h w -> b c t h w"),
         masks=rearrange(torch.stack(masks), "t b c h w -> b c t h w"),
     )
@@ -277,86 +271,35 @@ def _stack(video: list[Tensor], masks: list[Tensor]) -> GeneratedVideo:
 
 @torch.no_grad()
 def generate_video(
-    denoiser: ARTVDenoiser,
-    sampler: Sampler,
-    guidance: Guidance | None,
-    text: Tensor,
-    null_text: Tensor,
-    *,
-    num_frames: int,
-    latent_size: tuple[int, int],
-    generator: torch.Generator | None = None,
-    first_frame: Tensor | None = None,
-    progress: bool = True,
-    initial_noise: Tensor | None = None,
-) -> GeneratedVideo:
-    """Text(+image)-to-video: frame 0 (given or generated), then `num_frames - 1` frames anchored on frame 0.
+    denoiser: ARTVDenoiser, sampler: Sampler, guidance: Guidance | None, request: LatentRequest
+) -> GeneratedLatents:
+    """Text(+image)-to-video, one frame at a time for every video of the batch together.
 
-    text: `[B, L, D]`; null_text: `[1, L, D]`; first_frame: clean latent `[B, C, h, w]` or None; initial_noise:
-    starting noise of frames 0..T0-1 `[B, C, T0, h, w]` (T0 <= num_frames) or None.
-    Returns latents `[B, C, num_frames, h, w]` and masks `[B, 1, num_frames, h, w]`.
+    Frame 0 is given (`request.first_frame`, a clean latent `[B, C, h, w]`) or generated from the first prompt
+    segment's text alone; then each segment s of `request.texts` (one `[B, L, D]` each; one segment unless
+    multi-prompt, ART-V supplementary section 4) conditions `frames_per_prompt` frames, anchored on frame 0 for s = 0
+    and on the last frame of segment s - 1 after it. initial_noise: starting noise of frames 0..T0-1 of the whole
+    video `[B, C, T0, h, w]` (T0 <= T) or None. Returns latents `[B, C, T, h, w]` and masks `[B, 1, T, h, w]`.
     """
-    if num_frames < 1:
-        raise ValueError(f"ART-V generate: num_frames must be >= 1, got {num_frames}")
-    _check_initial_noise_length(initial_noise, num_frames)
+    _check_initial_noise_length(request.initial_noise, request.num_frames)
     frames = FrameGenerator(
-        denoiser, sampler, guidance, null_text, text.shape[0], latent_size, generator, initial_noise
+        denoiser,
+        sampler,
+        guidance,
+        request.null_text,
+        request.batch_size,
+        request.latent_size,
+        request.generators,
+        request.initial_noise,
     )
+    per_prompt = request.frames_per_prompt
     with (
-        _sampler_progress(sampler, progress),
-        tqdm(total=num_frames, desc="ART-V frames", disable=not progress) as bar,
+        _sampler_progress(sampler, request.progress),
+        tqdm(total=request.num_frames, desc="ART-V frames", disable=not request.progress) as bar,
     ):
-        prompt = frames.text(text)
-        video, masks = _start(frames, prompt, first_frame, bar)
-        _extend(frames, video, masks, prompt, frames.anchor(video[0]), count=num_frames - 1, bar=bar)
-    return _stack(video, masks)
-
-
-@torch.no_grad()
-def generate_multi_prompt_video(
-    denoiser: ARTVDenoiser,
-    sampler: Sampler,
-    guidance: Guidance | None,
-    texts: list[Tensor],
-    null_text: Tensor,
-    *,
-    frames_per_prompt: int = 16,
-    latent_size: tuple[int, int],
-    generator: torch.Generator | None = None,
-    first_frame: Tensor | None = None,
-    progress: bool = True,
-    initial_noise: Tensor | None = None,
-) -> GeneratedVideo:
-    """Multi-prompt text-to-video (ART-V supplementary section 4): `frames_per_prompt` frames per prompt.
-
-    texts: one `[B, L, D]` per prompt; the anchor of prompt 0 is its first frame, the anchor of prompt p > 0 is
-    the last frame of prompt p - 1. initial_noise: starting noise of frames 0..T0-1 of the whole video
-    `[B, C, T0, h, w]` (T0 <= len(texts) * frames_per_prompt) or None.
-    Returns latents `[B, C, len(texts) * frames_per_prompt, h, w]` and masks.
-    """
-    if not texts:
-        raise ValueError("ART-V generate_multi_prompt: texts is empty; pass one text embedding per prompt")
-    if frames_per_prompt < 1:
-        raise ValueError(
-            f"ART-V generate_multi_prompt: frames_per_prompt must be >= 1, got {frames_per_prompt}"
-        )
-    batch = texts[0].shape[0]
-    if any(text.shape != texts[0].shape for text in texts):
-        raise ValueError(
-            f"ART-V generate_multi_prompt: every text embedding must have one shape, got {[list(t.shape) for t in texts]}"
-        )
-    total = len(texts) * frames_per_prompt
-    _check_initial_noise_length(initial_noise, total)
-    frames = FrameGenerator(
-        denoiser, sampler, guidance, null_text, batch, latent_size, generator, initial_noise
-    )
-    with (
-        _sampler_progress(sampler, progress),
-        tqdm(total=total, desc="ART-V frames", disable=not progress) as bar,
-    ):
-        first_prompt = frames.text(texts[0])
-        video, masks = _start(frames, first_prompt, first_frame, bar)
-        _extend(frames, video, masks, first_prompt, frames.anchor(video[0]), frames_per_prompt - 1, bar)
-        for text in texts[1:]:
-            _extend(frames, video, masks, frames.text(text), frames.anchor(video[-1]), frames_per_prompt, bar)
+        first_prompt = frames.text(request.texts[0])
+        video, masks = _start(frames, first_prompt, request.first_frame, bar)
+        _extend(frames, video, masks, first_prompt, frames.anchor(video[0]), per_prompt - 1, bar)
+        for text in request.texts[1:]:
+            _extend(frames, video, masks, frames.text(text), frames.anchor(video[-1]), per_prompt, bar)
     return _stack(video, masks)

@@ -1,8 +1,8 @@
 """Generate the evaluation videos of a protocol with a trained model and write them as mp4 files.
 
-Jobs (`prompts.PromptJob`) are generated `batch_size` at a time; the noise of a batch comes from one
-generator seeded with the seed of its first job, so the videos depend on the batch size as well as on
-`eval_protocol.seed`. Files are `00000.mp4, 00001.mp4, ...` (H.264, crf 18) plus `videos.csv` with each
+Jobs (`prompts.PromptJob`) are generated `batch_size` at a time, as sample.py batches them: each video draws its
+noise from its own generator seeded with its job's seed, so a video depends on its job alone, not on the batch
+size (modules/generation.py). Files are `00000.mp4, 00001.mp4, ...` (H.264, crf 18) plus `videos.csv` with each
 file's prompt and seed, so the folder can be re-scored later with `generated_dir=<folder>`.
 """
 
@@ -18,7 +18,8 @@ import torch
 from datamodules.mp4_encoding import write_video
 from modules.evaluation.prompts import PromptJob
 from modules.evaluation.video_folder import MANIFEST_NAME, write_manifest
-from modules.runtime.sampling import seeded_generator
+from modules.generation import GenerationRequest, batches, seeded_generators
+from modules.runtime.precision import InferencePrecision
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -36,33 +37,36 @@ def generate_videos(
     fps: float,
     batch_size: int,
     device: torch.device,
+    precision: InferencePrecision | None = None,
 ) -> Path:
-    """Generate one video per job into `output_dir`; returns the folder (with its `videos.csv`).
+    """Generate one video per job into `output_dir`, at `precision` (default fp32); returns the folder (with its
+    `videos.csv`).
 
     Resumable: files are written atomically and the manifest is rewritten after every batch, so an interrupted
-    run keeps what it made, and a batch whose files all exist is not generated again (a batch's noise depends
-    only on its jobs, so the skipped videos are the ones this run would have made).
+    run keeps what it made, and a batch whose files all exist is not generated again (a video's noise depends
+    only on its job, so the skipped videos are the ones this run would have made).
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     finished = _finished_videos(folder)
     rows: list[tuple[str, str, int]] = []
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start : start + batch_size]
+    for batch in batches(jobs, batch_size):
         names = [f"{job.index:05d}.mp4" for job in batch]
         done = all(
             (folder / name).is_file() and finished.get(name) == (job.prompt, job.seed)
             for name, job in zip(names, batch, strict=True)
         )
         if not done:
-            videos = model.generate(
-                [job.prompt for job in batch],
-                num_frames=num_frames,
+            request = GenerationRequest(
+                prompts=[job.prompt for job in batch],
                 height=height,
                 width=width,
-                generator=seeded_generator(batch[0].seed, device),
+                num_frames=num_frames,
+                generators=seeded_generators([job.seed for job in batch], device),
                 progress=False,
             )
+            with (precision or InferencePrecision()).applied(device):
+                videos = model.generate(request).video
             for name, video in zip(names, videos.cpu(), strict=True):
                 write_video(folder / name, video, fps)
         rows.extend((name, job.prompt, job.seed) for name, job in zip(names, batch, strict=True))

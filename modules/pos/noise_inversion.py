@@ -18,40 +18,30 @@ the inversion is conditioned on the prompt, with the conditions the model's gene
 and by default uses the conditional prediction alone (classifier-free guidance > 1 makes DDIM inversion diverge,
 as null-text inversion observed); `pos.approximator.inversion_guidance=true` inverts with the sampling guidance.
 
-Per model (a registry of strategies keyed by denoiser class, so the shared code has no model switches):
-- SCVideo (`WholeClipInversion`): the clip is generated jointly, so the whole latent clip `[B, C, T, h, w]` is
+Per model (each denoiser declares its strategy, `VideoDenoiser.inversion_strategy`, so the shared code has no
+model switches):
+- SCVideo (`WholeClipInversion`, here): the clip is generated jointly, so the whole latent clip `[B, C, T, h, w]` is
   inverted under {"text"}.
-- ART-V (`PerFrameInversion`): frames are generated one at a time. Frame 0 is inverted under the conditions of
-  text-to-video's first frame (reference and anchor null). With `all_frames`, frame k >= 1 is inverted as ART-V
-  would generate it after the retrieved clip's own frames: references k-2 (clamped) and k-1 noise-augmented at the
-  inference level (a fixed seed, so the inversion is deterministic), anchor frame 0. At sampling time later frames
-  are conditioned on the *generated* frames instead; their inverted noise is an approximation. Multi-prompt videos
-  (`invert_segments`): the retrieved clips of the prompts, one after another, are inverted as one long video under
-  the multi-prompt rule of generation: the frames of prompt p read prompt p's text and, for p > 0, the last frame of
-  prompt p - 1 as anchor; the references run on across prompt boundaries.
+- ART-V (`PerFrameInversion`, modules/artv/frame_inversion.py, which says how): frame by frame, frame 0 under the
+  conditions of text-to-video's first frame, later frames (`all_frames`) and multi-prompt videos as ART-V generates
+  them.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
-from modules.artv.artv_denoiser import ARTVDenoiser
-from modules.artv.autoregressive import text_only_guidance
-from modules.artv.reference_frames import build_reference
 from modules.diffusion.guidance import Conditions, EpsModel, Guidance, NoGuidance
+from modules.diffusion.noise import Generators, standard_normal
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import Sampler
 from modules.diffusion.samplers.ddim import DDIMSampler
-from modules.scvideo.scvideo_denoiser import SCVideoDenoiser
-
-# seed of the reference-frame noise augmentation used while inverting ART-V frames k >= 1
-REFERENCE_NOISE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -162,148 +152,54 @@ class InversionStrategy(ABC):
         self,
         net: nn.Module,
         latents: Tensor,
-        text: Tensor,
+        texts: Sequence[Tensor],
         null_text: Tensor,
         *,
         sampler: Sampler,
         guidance: Guidance | None,
         settings: InversionSettings,
     ) -> Tensor:
-        """Clean latent clips `[B, C, T, h, w]` -> inverted initial noise in the model's `initial_noise` layout."""
+        """Clean latent clips `[B, C, T, h, w]` -> inverted initial noise in the model's `initial_noise` layout.
+
+        texts: per prompt segment `[B, L, D]` (or hybrid pairs), as `LatentRequest.texts`: segment s covers frames
+        s * T / S .. (s + 1) * T / S - 1 of the clips."""
 
     @abstractmethod
-    def fresh_noise(self, net: nn.Module, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    def fresh_noise(self, net: nn.Module, like: Tensor, generators: Generators) -> Tensor:
         """Standard normal of `like`'s shape, drawn exactly as the model's `generate` draws its own noise (same
         generator calls, so lam = 1 reproduces plain sampling bit for bit)."""
 
 
 class WholeClipInversion(InversionStrategy):
-    """SCVideo: the whole latent clip `[B, C, T, h, w]` is the initial noise; conditions {"text"}."""
+    """SCVideo: the whole latent clip `[B, C, T, h, w]` is the initial noise; conditions {"text"}, one prompt."""
 
     def invert(
         self,
         net: nn.Module,
         latents: Tensor,
-        text: Tensor,
+        texts: Sequence[Tensor],
         null_text: Tensor,
         *,
         sampler: Sampler,
         guidance: Guidance | None,
         settings: InversionSettings,
     ) -> Tensor:
+        if len(texts) != 1:
+            raise ValueError(
+                f"POS whole-clip inversion: one prompt per clip, got {len(texts)} prompt segments (multi-prompt "
+                "videos are inverted frame by frame)"
+            )
         return invert_to_sampler_start(
             net,
             latents,
             sampler=sampler,
-            cond={"text": text},
+            cond={"text": texts[0]},
             null_cond={"text": null_text},
             guidance=guidance,
             settings=settings,
         )
 
-    def fresh_noise(self, net: nn.Module, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        # as SCVideoDenoiser.generate: drawn on the generator's device, then moved to the model's
+    def fresh_noise(self, net: nn.Module, like: Tensor, generators: Generators) -> Tensor:
+        # as SCVideoDenoiser.generate: one draw of the whole clip per video
         reference = next(net.parameters())
-        device = generator.device if generator is not None else reference.device
-        return torch.randn(like.shape, generator=generator, device=device).to(
-            reference.device, reference.dtype
-        )
-
-
-class PerFrameInversion(InversionStrategy):
-    """ART-V: the initial noise is per frame, `[B, C, T0, h, w]`: T0 = 1 (frame 0 only) or T0 = T (`all_frames`).
-
-    Args:
-        all_frames: also invert frames k >= 1 (`pos.approximator.all_frames`).
-    """
-
-    def __init__(self, all_frames: bool = False) -> None:
-        self.all_frames = all_frames
-
-    def invert(
-        self,
-        net: nn.Module,
-        latents: Tensor,
-        text: Tensor,
-        null_text: Tensor,
-        *,
-        sampler: Sampler,
-        guidance: Guidance | None,
-        settings: InversionSettings,
-    ) -> Tensor:
-        return self.invert_segments(
-            net, latents, [text], null_text, sampler=sampler, guidance=guidance, settings=settings
-        )
-
-    def invert_segments(
-        self,
-        net: nn.Module,
-        latents: Tensor,
-        texts: list[Tensor],
-        null_text: Tensor,
-        *,
-        sampler: Sampler,
-        guidance: Guidance | None,
-        settings: InversionSettings,
-    ) -> Tensor:
-        """A multi-prompt video: clean latents `[B, C, P * F, h, w]` (prompt p's clip in frames p*F..(p+1)*F-1),
-        texts: P of `[B, L, D]` (or hybrid pairs) -> `[B, C, T0, h, w]` with T0 = P * F (`all_frames`) or 1."""
-        frames = latents.unbind(dim=2)
-        if not texts or len(frames) % len(texts):
-            raise ValueError(
-                f"POS inversion: {len(frames)} frames cannot be split into {len(texts)} equal prompt segments"
-            )
-        frames_per_prompt = len(frames) // len(texts)
-        count = len(frames) if self.all_frames else 1
-        reference_noise = torch.Generator(device=latents.device).manual_seed(REFERENCE_NOISE_SEED)
-        levels = torch.full((latents.shape[0],), net.reference_noise_level_inference)
-        inverted = []
-        for index in range(count):
-            segment = index // frames_per_prompt
-            text = texts[segment]
-            if index == 0:
-                zeros = torch.zeros_like(frames[0])
-                cond = {"text": text, "reference": torch.cat([zeros, zeros, zeros], dim=1), "anchor": zeros}
-                frame_guidance = text_only_guidance(guidance)
-            else:
-                reference = build_reference(
-                    frames[max(index - 2, 0)], frames[index - 1], levels, reference_noise
-                )
-                # the anchor of prompt 0 is frame 0; of prompt p > 0, the last frame of prompt p - 1
-                anchor = frames[0] if segment == 0 else frames[segment * frames_per_prompt - 1]
-                cond = {"text": text, "reference": reference, "anchor": anchor}
-                frame_guidance = guidance
-            inverted.append(
-                invert_to_sampler_start(
-                    net,
-                    frames[index],
-                    sampler=sampler,
-                    cond=cond,
-                    null_cond=net.null_condition(cond, null_text),
-                    guidance=frame_guidance,
-                    settings=settings,
-                )
-            )
-        return torch.stack(inverted, dim=2)
-
-    def fresh_noise(self, net: nn.Module, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        # as ART-V's FrameGenerator: one draw per frame on the networks' device and dtype, frame 0 first
-        parameter = next(net.parameters())
-        frame_shape = (like.shape[0], like.shape[1], *like.shape[3:])
-        draws = [
-            torch.randn(frame_shape, generator=generator, device=parameter.device, dtype=parameter.dtype)
-            for _ in range(like.shape[2])
-        ]
-        return rearrange(torch.stack(draws), "t b c h w -> b c t h w")
-
-
-def inversion_strategy(net: nn.Module, *, all_frames: bool = False) -> InversionStrategy:
-    """The strategy registered for the denoiser's class (or a base class of it)."""
-    strategies = {SCVideoDenoiser: WholeClipInversion, ARTVDenoiser: lambda: PerFrameInversion(all_frames)}
-    for cls in type(net).__mro__:
-        if cls in strategies:
-            return strategies[cls]()
-    raise TypeError(
-        f"POS has no inversion strategy for {type(net).__name__}; register one in modules/pos/noise_inversion.py "
-        f"(known: {[cls.__name__ for cls in strategies]})"
-    )
+        return standard_normal(like.shape, generators, device=reference.device, dtype=reference.dtype)

@@ -32,12 +32,14 @@ from torch import Tensor
 
 from datamodules.frame_selection import FrameSelection
 from modules.diffusion.guidance import Guidance
+from modules.diffusion.noise import Generators
 from modules.diffusion.samplers.base import Sampler
 from modules.pos.candidate_index import CandidateIndex, Match
 from modules.pos.candidate_video import CandidateVideoError, read_candidate_clip
 from modules.pos.caption_embedding import CaptionEmbedder, EncoderMismatchError, check_same_encoder
 from modules.pos.frame_embedding import FrameEmbedder
-from modules.pos.noise_inversion import InversionSettings, PerFrameInversion, inversion_strategy
+from modules.pos.noise_inversion import InversionSettings, InversionStrategy
+from modules.video_denoiser import VideoDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +146,18 @@ class OptimalNoiseApproximator:
         num_frames: int,
         height: int,
         width: int,
-        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> list[RetrievedClip]:
-        """One readable candidate clip per prompt. pooled: the prompts' unit embeddings `[B, D]`."""
+        """One readable candidate clip per prompt. pooled: the prompts' unit embeddings `[B, D]`; generators: the
+        generator of each prompt's video (its seed rotates the ranking with `choice: seeded`), or None."""
         frame_queries = self.frame_embedder.embed_texts(prompts) if self.frame_embedder is not None else None
         ranked = self.index.search(
             pooled, self.top_k, frame_queries=frame_queries, frame_weight=self.frame_weight
         )
         selection = FrameSelection(num_frames, frame_stride=self.frame_stride, target_fps=self.target_fps)
         retrieved = []
-        for prompt, matches in zip(prompts, ranked, strict=True):
+        for index, (prompt, matches) in enumerate(zip(prompts, ranked, strict=True)):
+            generator = None if generators is None else generators[index]
             retrieved.append(
                 self._first_readable(prompt, self._ordered(matches, generator), selection, height, width)
             )
@@ -192,67 +196,41 @@ class OptimalNoiseApproximator:
         )
 
     # ---- initial noise ------------------------------------------------------------------------------
+    def strategy(self, net: VideoDenoiser) -> InversionStrategy:
+        """The inversion the denoiser declares (`VideoDenoiser.inversion_strategy`); a model without one is refused."""
+        strategy = net.inversion_strategy(all_frames=self.all_frames)
+        if strategy is None:
+            raise ValueError(
+                f"sampler.init_noise=retrieval: {net.abilities.model_name} declares no POS inversion strategy; use "
+                "sampler.init_noise=gaussian <sampler.init_noise>"
+            )
+        return strategy
+
     @torch.no_grad()
     def initial_noise(
         self,
         model: Any,
-        retrieved: Sequence[RetrievedClip],
-        text: Tensor,
-        null_text: Tensor,
-        *,
-        sampler: Sampler,
-        guidance: Guidance | None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """x_T' for `model.net.generate(initial_noise=...)`; layout per model (`noise_inversion.py`).
-
-        model: the `VideoDiffusionModule` (first stage, net, VAE chunking); text: `[B, L, D]` or the hybrid pair
-        `[B, 2, L, D]` (the hybrid hook must then be attached to model.net); null_text: the matching null text.
-        """
-        strategy = inversion_strategy(model.net, all_frames=self.all_frames)
-        latents = self._encode(model, torch.stack([item.clip for item in retrieved]))
-        inverted = strategy.invert(
-            model.net, latents, text, null_text, sampler=sampler, guidance=guidance, settings=self.settings
-        )
-        return self._mix(strategy.fresh_noise(model.net, inverted, generator), inverted)
-
-    @torch.no_grad()
-    def initial_noise_multi_prompt(
-        self,
-        model: Any,
-        retrieved: Sequence[RetrievedClip],
+        clips: Tensor,
         texts: Sequence[Tensor],
         null_text: Tensor,
         *,
         sampler: Sampler,
         guidance: Guidance | None,
-        generator: torch.Generator | None = None,
+        generators: Generators = None,
     ) -> Tensor:
-        """x_T' `[1, C, T0, h, w]` of one multi-prompt ART-V video, for `generate_multi_prompt(initial_noise=...)`.
+        """x_T' for `LatentRequest.initial_noise`, in the layout of the net's inversion strategy.
 
-        retrieved: one clip of F frames per prompt, in prompt order (only the first is used unless `all_frames`:
-        T0 = 1 then); texts: one `[1, L, D]` (or hybrid pair) per prompt. The clips, one after another, are
-        inverted as one long video under the multi-prompt conditions (`PerFrameInversion.invert_segments`).
+        model: the `VideoDiffusionModule` (first stage, net, VAE chunking); clips: each video's retrieved clips one
+        after another along time `[B, S * F, 3, H, W]` in [-1, 1]; texts: the S prompt segments they stand for, each
+        `[B, L, D]` or the hybrid pair `[B, 2, L, D]` (the hybrid hook must then be attached to model.net); null_text:
+        the matching null text; generators: each video's own, for the fresh noise.
         """
-        strategy = inversion_strategy(model.net, all_frames=self.all_frames)
-        if not isinstance(strategy, PerFrameInversion):
-            raise TypeError(
-                f"POS multi-prompt noise needs a frame-by-frame model (ART-V), got {type(model.net).__name__}"
-            )
-        used = len(texts) if self.all_frames else 1
-        if len(retrieved) < used:
-            raise ValueError(f"POS multi-prompt: {used} retrieved clips needed, got {len(retrieved)}")
-        clips = torch.cat([item.clip for item in retrieved[:used]])  # [used * F, 3, H, W]
-        inverted = strategy.invert_segments(
-            model.net,
-            self._encode(model, clips[None]),
-            list(texts[:used]),
-            null_text,
-            sampler=sampler,
-            guidance=guidance,
-            settings=self.settings,
+        strategy = self.strategy(model.net)
+        latents = self._encode(model, clips)
+        inverted = strategy.invert(
+            model.net, latents, texts, null_text, sampler=sampler, guidance=guidance, settings=self.settings
         )
-        return self._mix(strategy.fresh_noise(model.net, inverted, generator), inverted)
+        return self._mix(strategy.fresh_noise(model.net, inverted, generators), inverted)
 
     @staticmethod
     def _encode(model: Any, videos: Tensor) -> Tensor:

@@ -3,13 +3,13 @@
     python sample.py model=scvideo prompt="a red circle moving left" sampler.init_noise=retrieval \
         pool=pool/index.safetensors rewriter=template
 
-Per batch of prompts:
+Per request (`GenerationRequest`, modules/generation.py), for the prompts of every video:
 1. encode each prompt once (`TextEmbeddingCache`): UNet context and pooled retrieval vector;
 2. `sampler.init_noise=retrieval`: retrieve a candidate clip per prompt (`OptimalNoiseApproximator`);
 3. rewrite the prompts (`rewriter`), with the retrieved captions as references;
 4. when a rewrite differs from its prompt, condition on the (original, rewritten) pair through the
    hybrid-semantics hook (`hybrid_semantics.py`) for inversion and sampling alike;
-5. invert the clips and mix with fresh noise into the initial noise; run the model's own `generate` with it;
+5. invert the clips and mix with fresh noise into the initial noise; run the net's own `generate` with it;
 6. decode.
 With `sampler.init_noise=gaussian` and `rewriter=none` this is the model's plain generation, bit for bit.
 """
@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from einops import rearrange
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
+from modules.generation import GenerationRequest, GenerationResult, LatentRequest
 from modules.pos.caption_embedding import CaptionEmbedder
 from modules.pos.hybrid_semantics import HybridSchedule, HybridTextConditioning, pair_text
-from modules.pos.optimal_noise import OptimalNoiseApproximator, RetrievedClip
+from modules.pos.optimal_noise import OptimalNoiseApproximator
 from modules.pos.rewriters import NoRewriter, PromptRewriter
 from modules.pos.text_cache import TextEmbeddingCache
 from modules.video_denoiser import VideoDenoiser
@@ -37,6 +39,10 @@ from modules.video_denoiser import VideoDenoiser
 log = logging.getLogger(__name__)
 
 INIT_NOISE_CHOICES = ("gaussian", "retrieval")
+FIRST_FRAME_WITH_POS = (
+    "first_frame: POS (sampler.init_noise, rewriter) does not combine with a given first frame; drop first_frame, "
+    "or use sampler.init_noise=gaussian rewriter=none <first_frame>"
+)
 
 
 class PosGenerator:
@@ -65,172 +71,115 @@ class PosGenerator:
         self.texts = TextEmbeddingCache(embedder, model.device)
         if approximator is not None:
             approximator.check_encoder(embedder)
+            approximator.strategy(model.net)  # refuses a model without an inversion strategy, before any work
 
     @property
     def uses_pos(self) -> bool:
         """Whether either POS module is on (retrieval noise or a rewriter); off, `generate` is plain sampling."""
         return self.approximator is not None or not isinstance(self.rewriter, NoRewriter)
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse, before any work, what the model cannot do (its declared abilities) and what POS does not combine
+        with (a given first frame, a given initial noise)."""
+        self.model.net.abilities.check_request(request)
+        if self.uses_pos and request.first_frame is not None:
+            raise ValueError(FIRST_FRAME_WITH_POS)
+        if self.approximator is not None and request.initial_noise is not None:
+            raise ValueError(
+                "initial_noise: POS retrieval makes the initial noise itself; pass none, or use "
+                "sampler.init_noise=gaussian <sampler.init_noise>"
+            )
+
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        num_frames: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-        return_masks: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Text to video `[B, T, 3, H, W]` in [-1, 1], one video per prompt (and ART-V's mask video with
-        `return_masks`, as `VideoDiffusionModule.generate`)."""
-        prompts = list(prompts)
-        latent_size = self._latent_size(height, width)
-        prepared = self._prepare(prompts, prompts, num_frames, height, width, generator)
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """The request's videos (as `VideoDiffusionModule.generate`), with POS's initial noise and rewritten prompts.
+
+        Every prompt of every video is rewritten and conditions its own frames (hybrid semantics per prompt).
+        Retrieval: one clip per video (video b's own generator picks it with `choice: seeded`), inverted into the
+        model's initial-noise layout; a multi-prompt video retrieves its first prompt's clip, or with
+        `pos.approximator.all_frames` one clip per prompt, inverted as one long video under the multi-prompt
+        conditions (`PerFrameInversion`).
+        """
+        self.check_request(request)
+        if not self.uses_pos:
+            return self.model.generate(request)
         model = self.model
+        latent_size = model.latent_size(request.height, request.width)
+        prepared = self._prepare(request)
         with prepared.hybrid_hook:
             initial_noise = None
-            if prepared.retrieved is not None:
+            if prepared.clips is not None:
                 initial_noise = self.approximator.initial_noise(
                     model,
-                    prepared.retrieved,
-                    prepared.text,
+                    prepared.clips,
+                    prepared.texts[: prepared.retrieved_segments],
                     prepared.null_text,
-                    **self._models_sampling(generator),
+                    sampler=model.sampler,
+                    guidance=model.guidance,
+                    generators=request.generators,
                 )
-            result = model.net.generate(
+            generated = model.net.generate(
                 model.sampler,
                 model.guidance,
-                prepared.text,
-                prepared.null_text,
-                num_frames=num_frames,
-                **self._generation_options(latent_size, generator, initial_noise, progress, return_masks),
+                LatentRequest(
+                    texts=prepared.texts,
+                    null_text=prepared.null_text,
+                    num_frames=request.frames_per_video,
+                    latent_size=latent_size,
+                    generators=request.generators,
+                    initial_noise=initial_noise,
+                    progress=request.progress,
+                ),
             )
-        return self._decode(result, return_masks)
+        return model.decode_result(request, generated)
 
-    @torch.no_grad()
-    def generate_multi_prompt(
-        self,
-        prompts: Sequence[str],
-        *,
-        frames_per_prompt: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-        return_masks: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """One multi-prompt ART-V video `[1, len(prompts) * frames_per_prompt, 3, H, W]` in [-1, 1] (and its mask
-        video with `return_masks`).
-
-        Each prompt is rewritten and conditions its own frames (hybrid semantics per prompt). Retrieval: frame 0's
-        noise from the first prompt's clip; with `pos.approximator.all_frames` every frame's, from its prompt's
-        clip, inverted as one long video under the multi-prompt conditions (`PerFrameInversion.invert_segments`).
-        """
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("multi-prompt generation needs at least one prompt")
-        latent_size = self._latent_size(height, width)
-        all_frames = self.approximator is not None and self.approximator.all_frames
-        retrieve = prompts if all_frames else prompts[:1]
-        prepared = self._prepare(prompts, retrieve, frames_per_prompt, height, width, generator)
-        texts = list(prepared.text.split(1))  # one [1, L, D] (or [1, 2, L, D] pair) per prompt
-        model = self.model
-        with prepared.hybrid_hook:
-            initial_noise = None
-            if prepared.retrieved is not None:
-                initial_noise = self.approximator.initial_noise_multi_prompt(
-                    model, prepared.retrieved, texts, prepared.null_text, **self._models_sampling(generator)
-                )
-            result = model.net.generate_multi_prompt(
-                model.sampler,
-                model.guidance,
-                texts,
-                prepared.null_text,
-                frames_per_prompt=frames_per_prompt,
-                **self._generation_options(latent_size, generator, initial_noise, progress, return_masks),
-            )
-        return self._decode(result, return_masks)
-
-    def _models_sampling(self, generator: torch.Generator | None) -> dict[str, Any]:
-        """The model's sampler and guidance and the RNG, as the approximator's inversion takes them."""
-        return {"sampler": self.model.sampler, "guidance": self.model.guidance, "generator": generator}
-
-    def _generation_options(
-        self,
-        latent_size: tuple[int, int],
-        generator: torch.Generator | None,
-        initial_noise: Tensor | None,
-        progress: bool,
-        return_masks: bool,
-    ) -> dict[str, Any]:
-        """Keyword arguments shared by the net's `generate` and `generate_multi_prompt`."""
-        return {
-            "latent_size": latent_size,
-            "generator": generator,
-            "initial_noise": initial_noise,
-            "progress": progress,
-            **self.model.mask_request(return_masks),
-        }
-
-    def _latent_size(self, height: int, width: int) -> tuple[int, int]:
-        factor = self.model.first_stage.downsample_factor
-        if height % factor or width % factor:
-            raise ValueError(
-                f"resolution {height}x{width} is not divisible by the autoencoder's factor {factor} <resolution>"
-            )
-        return height // factor, width // factor
-
-    def _prepare(
-        self,
-        prompts: list[str],
-        retrieve: list[str],
-        num_frames: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None,
-    ) -> PreparedConditions:
-        """Encode `prompts` (once each), retrieve a clip of `num_frames` frames for each of `retrieve` (a prefix
-        of `prompts`) when retrieval is on, rewrite the prompts, and pair the texts for hybrid semantics."""
+    def _prepare(self, request: GenerationRequest) -> PreparedConditions:
+        """Encode the prompts of every video (B rows of S segments, `GenerationRequest.prompt_grid`; each distinct
+        prompt once), retrieve each video's clips when retrieval is on, rewrite the prompts, and pair the texts for
+        hybrid semantics."""
         model = self.model
         if self.texts.device != model.device:
             self.texts = TextEmbeddingCache(self.texts.embedder, model.device)
+        grid = request.prompt_grid()
+        batch, segments = len(grid), len(grid[0])
+        prompts = [prompt for row in grid for prompt in row]  # row-major: prompt (b, s) at b * S + s
         original = self.texts.encode(prompts)
-        retrieved = None
+        references: list[str | None] = [None] * len(prompts)
+        clips, retrieved_segments = None, segments
         if self.approximator is not None:
+            retrieved_segments = segments if self.approximator.all_frames else 1
+            picked = [b * segments + s for b in range(batch) for s in range(retrieved_segments)]
+            generators = request.generators
             retrieved = self.approximator.retrieve(
-                retrieve,
-                original.pooled[: len(retrieve)],
-                num_frames=num_frames,
-                height=height,
-                width=width,
-                generator=generator,
+                [prompts[i] for i in picked],
+                original.pooled[picked],
+                num_frames=request.frames_per_video // segments,
+                height=request.height,
+                width=request.width,
+                generators=None if generators is None else [generators[i // segments] for i in picked],
             )
-        references = None
-        if retrieved is not None:
-            captions = [item.match.entry.caption for item in retrieved]
-            references = captions + [None] * (len(prompts) - len(captions))
+            for i, item in zip(picked, retrieved, strict=True):
+                references[i] = item.match.entry.caption
+            # each video's clips one after another along time: [B, used * F, 3, H, W]
+            clips = rearrange(
+                torch.stack([item.clip for item in retrieved]),
+                "(b s) f c h w -> b (s f) c h w",
+                b=batch,
+            )
         rewritten = self.rewriter.rewrite_all(prompts, references)
-        text, null_text = original.context, model.null_text()
+        texts = [original.context[s::segments] for s in range(segments)]  # per segment [B, L, D]
+        null_text = model.null_text()
         hybrid_hook: contextlib.AbstractContextManager = contextlib.nullcontext()
         if rewritten != prompts:
             for prompt, new in zip(prompts, rewritten, strict=True):
                 if new != prompt:
                     log.info("POS: rewrote %r -> %r <rewriter>", prompt, new)
-            text = pair_text(text, self.texts.encode(rewritten).context)
+            new_context = self.texts.encode(rewritten).context
+            texts = [pair_text(texts[s], new_context[s::segments]) for s in range(segments)]
             null_text = pair_text(null_text, null_text)
             hybrid = HybridTextConditioning(model.sampler.timesteps(), self.hybrid)
             hybrid_hook = hybrid_sampling(model.net, hybrid)
-        return PreparedConditions(text, null_text, retrieved, hybrid_hook)
-
-    def _decode(
-        self, result: Tensor | tuple[Tensor, Tensor], with_masks: bool
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        if not with_masks:
-            return self.model.decode_video(result)
-        latents, masks = result
-        return self.model.decode_video(latents), self.model.mask_video(masks)
+        return PreparedConditions(texts, null_text, clips, retrieved_segments, hybrid_hook)
 
 
 @contextlib.contextmanager
@@ -243,12 +192,14 @@ def hybrid_sampling(net: VideoDenoiser, hybrid: HybridTextConditioning) -> Itera
 
 @dataclass
 class PreparedConditions:
-    """What `PosGenerator` samples with: text `[B, L, D]` (or the hybrid pair `[B, 2, L, D]`), the matching null
-    text, the retrieved clips (None without retrieval) and the hybrid-semantics hook to sample within."""
+    """What `PosGenerator` samples with: per prompt segment the texts `[B, L, D]` (or hybrid pairs `[B, 2, L, D]`),
+    the matching null text, each video's retrieved clips `[B, retrieved_segments * F, 3, H, W]` in [-1, 1] (None
+    without retrieval), and the hybrid-semantics hook to sample within."""
 
-    text: Tensor
+    texts: list[Tensor]
     null_text: Tensor
-    retrieved: list[RetrievedClip] | None
+    clips: Tensor | None
+    retrieved_segments: int
     hybrid_hook: contextlib.AbstractContextManager
 
 
@@ -259,6 +210,14 @@ def read_init_noise(cfg: DictConfig) -> str:
     if init_noise not in INIT_NOISE_CHOICES:
         raise ValueError(f"sampler.init_noise must be one of {INIT_NOISE_CHOICES}, got {init_noise!r}")
     return init_noise
+
+
+def pos_requested(cfg: DictConfig) -> bool:
+    """Whether the config turns either POS module on (`PosGenerator.uses_pos`), read before anything is built."""
+    rewriter = cfg.get("rewriter")
+    return read_init_noise(cfg) == "retrieval" or (
+        rewriter is not None and not issubclass(get_class(rewriter._target_), NoRewriter)
+    )
 
 
 def build_pos_generator(cfg: DictConfig, model: Any) -> PosGenerator:

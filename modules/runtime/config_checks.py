@@ -7,10 +7,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from webdataset.shardlists import expand_urls
 
 from modules.checkpoints.strict_load import compare_state_dict
+from modules.pos.pos_sampling import FIRST_FRAME_WITH_POS, pos_requested
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
 
@@ -140,6 +142,17 @@ def check_config(cfg: DictConfig) -> None:
     check_resolution(cfg)
     check_data_paths(cfg)
     check_latent_shards(cfg)
+
+
+def check_generation_options(cfg: DictConfig) -> None:
+    """sample.py's `first_frame`, `multi_prompt` and `save_mask` against the abilities the configured net's class
+    declares (`VideoDenoiser.abilities`), and a first frame against POS, before any weights load."""
+    first_frame = bool(cfg.get("first_frame"))
+    get_class(cfg.model.net._target_).abilities.check(
+        first_frame=first_frame, multi_prompt=bool(cfg.get("multi_prompt")), masks=bool(cfg.get("save_mask"))
+    )
+    if first_frame and pos_requested(cfg):
+        raise ConfigError(FIRST_FRAME_WITH_POS)
 
 
 # config keys that define what a checkpoint's weights and data stream mean: a resume must not change them

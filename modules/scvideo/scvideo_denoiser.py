@@ -14,7 +14,10 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from modules.diffusion.guidance import Guidance
+from modules.diffusion.noise import standard_normal
 from modules.diffusion.samplers.base import Sampler
+from modules.generation import GeneratedLatents, GenerationAbilities, LatentRequest
+from modules.pos.noise_inversion import InversionStrategy, WholeClipInversion
 from modules.scvideo.video_unet import SCVideoBlockFactory, is_paper_trainable
 from modules.scvideo.weight_files import load_pretrained_unet, load_temporal_weights
 from modules.unet.unet_2d import UNetModel
@@ -42,6 +45,7 @@ class SCVideoDenoiser(VideoDenoiser):
     """
 
     condition_keys = ("text",)
+    abilities = GenerationAbilities(model_name="SCVideo", instead="use model=artv")
 
     def __init__(
         self,
@@ -135,58 +139,41 @@ class SCVideoDenoiser(VideoDenoiser):
         return TrainingExample(x0=latents, cond={})
 
     @torch.no_grad()
-    def generate(
-        self,
-        sampler: Sampler,
-        guidance: Guidance,
-        text: Tensor,
-        null_text: Tensor,
-        *,
-        num_frames: int,
-        latent_size: tuple[int, int],
-        generator: torch.Generator | None = None,
-        first_frame: Tensor | None = None,
-        progress: bool = True,
-        initial_noise: Tensor | None = None,
-    ) -> Tensor:
-        """Denoise a whole clip jointly: noise `[B, C, T, h, w]` -> latents `[B, C, T, h, w]`.
+    def generate(self, sampler: Sampler, guidance: Guidance, request: LatentRequest) -> GeneratedLatents:
+        """Denoise each whole clip jointly: noise `[B, C, T, h, w]` -> latents `[B, C, T, h, w]`.
 
-        text: `[B, L, D]`; null_text: empty-prompt embedding `[1, L, D]` (the unconditional branch of CFG).
-        The noise is drawn with `generator` on the generator's device (so a CPU generator gives the same
-        video on any device) and moved to the model's device; `initial_noise` `[B, C, T, h, w]` replaces that draw.
+        request.texts: one `[B, L, D]`; null_text: the empty-prompt embedding `[1, L, D]` (CFG's unconditional
+        branch). Video b's noise is drawn from its generator on the generator's device (so a CPU generator gives the
+        same video on any device) and moved to the model's device; `initial_noise` `[B, C, T, h, w]` replaces it.
         """
-        if first_frame is not None:
-            raise ValueError(
-                "SCVideo is a text-to-video model: it cannot start from a given first frame (first_frame / "
-                "image-to-video is not supported); omit the first frame, or use model=artv"
-            )
-        if num_frames < 1:
-            raise ValueError(f"SCVideoDenoiser.generate: num_frames must be >= 1, got {num_frames}")
         reference = next(self.unet.parameters())
-        shape = (text.shape[0], self.unet.in_channels, num_frames, *latent_size)
-        if initial_noise is not None:
-            if tuple(initial_noise.shape) != shape:
+        (text,) = request.texts
+        shape = (request.batch_size, self.unet.in_channels, request.num_frames, *request.latent_size)
+        if request.initial_noise is not None:
+            if tuple(request.initial_noise.shape) != shape:
                 raise ValueError(
                     f"SCVideoDenoiser.generate: initial_noise must be [B, C, T, h, w] = {list(shape)}, got "
-                    f"{list(initial_noise.shape)}"
+                    f"{list(request.initial_noise.shape)}"
                 )
-            noise = initial_noise.to(reference.device, reference.dtype)
+            noise = request.initial_noise.to(reference.device, reference.dtype)
         else:
-            noise_device = generator.device if generator is not None else reference.device
-            noise = torch.randn(shape, generator=generator, device=noise_device).to(
-                reference.device, reference.dtype
-            )
+            noise = standard_normal(shape, request.generators, device=reference.device, dtype=reference.dtype)
         # the progress bar is off for this call when the caller asks; the sampler's setting is restored below
         show_progress = sampler.progress
-        sampler.progress = show_progress and progress
+        sampler.progress = show_progress and request.progress
         try:
-            return sampler.sample(
+            latents = sampler.sample(
                 self,
                 noise,
                 cond={"text": text.to(reference.device)},
-                null_cond={"text": null_text.to(reference.device)},
+                null_cond={"text": request.null_text.to(reference.device)},
                 guidance=guidance,
-                generator=generator,
+                generator=request.generators,
             )
         finally:
             sampler.progress = show_progress
+        return GeneratedLatents(latents)
+
+    def inversion_strategy(self, *, all_frames: bool) -> InversionStrategy:
+        """POS inverts the whole clip, as SCVideo generates it (`all_frames` changes nothing)."""
+        return WholeClipInversion()

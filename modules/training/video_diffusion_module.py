@@ -8,7 +8,6 @@ non-finite-loss handling and logging.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from modules.checkpoints.frozen_weights import (
 )
 from modules.checkpoints.sd_checkpoint import load_sd_checkpoint
 from modules.diffusion.noise_schedule import NoiseSchedule
+from modules.generation import GeneratedLatents, GenerationRequest, GenerationResult, LatentRequest
 from modules.training.condition_dropout import drop_conditions
 from modules.training.ema import ExponentialMovingAverage
 from modules.training.fsdp import (
@@ -194,6 +194,13 @@ class VideoDiffusionModule(L.LightningModule):
     def encode_text(self, captions: list[str]) -> Tensor:
         """Captions -> text embeddings `[B, 77, D]`."""
         return self.text_encoder(list(captions)).to(self.device)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """Prompts -> text embeddings `[B, 77, D]`, each distinct prompt encoded alone, so that a prompt's embedding
+        does not depend on the others of its batch (a video made in a batch is the video made alone)."""
+        distinct = {prompt: self.encode_text([prompt]) for prompt in dict.fromkeys(prompts)}
+        return torch.cat([distinct[prompt] for prompt in prompts])
 
     def null_text(self) -> Tensor:
         """Embedding of the empty prompt `[1, 77, D]`, the null text condition (cached)."""
@@ -371,58 +378,49 @@ class VideoDiffusionModule(L.LightningModule):
 
     # ---- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        num_frames: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None = None,
-        first_frame: Tensor | None = None,
-        progress: bool = True,
-        initial_noise: Tensor | None = None,
-        return_masks: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Text (+ optional first frame `[B, 3, H, W]`) to video `[B, T, 3, H, W]` in [-1, 1].
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Videos `[B, T, 3, H, W]` in [-1, 1] for a request (prompts, size, per-video generators, optional first
+        frame, multi-prompt segments, initial noise; modules/generation.py), checked against the net's declared
+        abilities before any work; with `return_masks` also the mask video, with `return_latents` the latents."""
+        self.net.abilities.check_request(request)
+        latent_size = self.latent_size(request.height, request.width)
+        first_latent = None
+        if request.first_frame is not None:
+            first_latent = self.encode_video(request.first_frame[:, None].to(self.device))[:, :, 0]
+        grid = request.prompt_grid()
+        texts = [self.encode_prompts([row[segment] for row in grid]) for segment in range(len(grid[0]))]
+        generated = self.net.generate(
+            self.sampler,
+            self.guidance,
+            LatentRequest(
+                texts=texts,
+                null_text=self.null_text(),
+                num_frames=request.frames_per_video,
+                latent_size=latent_size,
+                generators=request.generators,
+                first_frame=first_latent,
+                initial_noise=request.initial_noise,
+                progress=request.progress,
+            ),
+        )
+        return self.decode_result(request, generated)
 
-        initial_noise: the sampler's starting noise in the net's layout (`VideoDenoiser.generate`), else drawn.
-        return_masks: also return the masked-diffusion masks as a grey video `[B, T, 3, H, W]` in [-1, 1]
-            (white = copied from the reference frame; ART-V only).
-        """
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the latents of `height x width` pixels; refuses sizes the first stage cannot encode."""
         factor = self.first_stage.downsample_factor
         if height % factor or width % factor:
             raise ValueError(
                 f"resolution {height}x{width} is not divisible by the autoencoder's factor {factor} <resolution>"
             )
-        first_latent = None
-        if first_frame is not None:
-            first_latent = self.encode_video(first_frame[:, None])[:, :, 0]
-        latents = self.net.generate(
-            self.sampler,
-            self.guidance,
-            self.encode_text(prompts),
-            self.null_text(),
-            num_frames=num_frames,
-            latent_size=(height // factor, width // factor),
-            generator=generator,
-            first_frame=first_latent,
-            progress=progress,
-            initial_noise=initial_noise,
-            **self.mask_request(return_masks),
-        )
-        if not return_masks:
-            return self.decode_video(latents)
-        latents, masks = latents
-        return self.decode_video(latents), self.mask_video(masks)
+        return height // factor, width // factor
 
-    def mask_request(self, return_masks: bool) -> dict[str, bool]:
-        """The keyword that asks `net.generate` for its masks ({} when not asked); a clear error for nets without."""
-        if not return_masks:
-            return {}
-        if "return_masks" not in inspect.signature(self.net.generate).parameters:
-            raise ValueError(f"{type(self.net).__name__} has no masks to save; use model=artv <save_mask>")
-        return {"return_masks": True}
+    def decode_result(self, request: GenerationRequest, generated: GeneratedLatents) -> GenerationResult:
+        """The request's result from the net's latents: the decoded video in float32, and what else it asks for."""
+        return GenerationResult(
+            video=self.decode_video(generated.latents).float(),
+            masks=self.mask_video(generated.masks) if request.return_masks else None,
+            latents=generated.latents if request.return_latents else None,
+        )
 
     def mask_video(self, masks: Tensor) -> Tensor:
         """Masks `[B, 1, T, h, w]` in [0, 1] -> a grey video `[B, T, 3, H, W]` in [-1, 1] at pixel size."""
@@ -430,48 +428,6 @@ class VideoDiffusionModule(L.LightningModule):
         frames = rearrange(masks.float(), "b one t h w -> (b t) one h w")
         frames = F.interpolate(frames, scale_factor=factor, mode="nearest")
         return repeat(frames * 2.0 - 1.0, "(b t) one h w -> b t (three one) h w", b=masks.shape[0], three=3)
-
-    @torch.no_grad()
-    def generate_multi_prompt(
-        self,
-        prompts: list[str],
-        *,
-        frames_per_prompt: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None = None,
-        first_frame: Tensor | None = None,
-        progress: bool = True,
-        return_masks: bool = False,
-        initial_noise: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """One long video `[1, len(prompts) * frames_per_prompt, 3, H, W]` in [-1, 1], the prompts in order, for
-        nets that generate frame by frame (ART-V supplementary section 4: each later prompt is anchored on the last
-        frame of the previous one); with `return_masks`, also the mask video (see `generate`). initial_noise: the
-        starting noise of the first frames `[1, C, T0, h, w]` (POS), else drawn."""
-        if not hasattr(self.net, "generate_multi_prompt"):
-            raise ValueError(
-                f"{type(self.net).__name__} cannot generate multi-prompt videos; use model=artv <multi_prompt>"
-            )
-        factor = self.first_stage.downsample_factor
-        first_latent = None if first_frame is None else self.encode_video(first_frame[:, None])[:, :, 0]
-        latents = self.net.generate_multi_prompt(
-            self.sampler,
-            self.guidance,
-            [self.encode_text([prompt]) for prompt in prompts],
-            self.null_text(),
-            frames_per_prompt=frames_per_prompt,
-            latent_size=(height // factor, width // factor),
-            generator=generator,
-            first_frame=first_latent,
-            progress=progress,
-            initial_noise=initial_noise,
-            **self.mask_request(return_masks),
-        )
-        if not return_masks:
-            return self.decode_video(latents)
-        latents, masks = latents
-        return self.decode_video(latents), self.mask_video(masks)
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def fingerprint_frozen_net(self) -> tuple[frozenset[str], FrozenWeightsFingerprint | None]:
