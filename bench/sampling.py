@@ -22,6 +22,13 @@ evaluation's multiply-accumulates that each part removes, at the measured size a
 counters on the meta device), since at reduced width the text projections (context width 1024, not reduced) weigh
 far more than at paper size.
 
+Batching, side by side in the same run: "4 prompts in one call vs 4 calls" for both models, SCVideo
+(`experiment=scvideo_webvid256`: DDIM, CFG 10) and ART-V (DPM++ 2S ancestral, eq. (1)), at the same reduced width and
+size (SCVideo reduced alike: SD 1.4's widths divided, 8 heads kept): seconds for the four videos each way, the ratio,
+and the largest difference between a video of the batch and the same video made alone (per-video generators,
+modules/generation.py). With a GPU (`torch.cuda.is_available()`) the batching runs there, and the one-call batch is
+also timed in bf16 autocast against float32 (`inference.precision`, modules/runtime/precision.py).
+
 CPU: the paper architectures (`experiment=artv_webvid`) at 1/8 width (bench/inference_table2.py's reduction: every
 channel and attention width divided, GroupNorm groups 32 -> 4) at 128 px, the stand-in of Table 2's 320 px column;
 float32, one video (batch 1), 77 x 1024 text tokens.
@@ -43,6 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from bench import flops, inference_table2
@@ -52,9 +62,12 @@ from modules.artv.artv_denoiser import ARTVDenoiser
 from modules.artv.prepared_conditions import ConditionCaching
 from modules.artv.reference_frames import NUM_REFERENCE_FRAMES
 from modules.blocks.attention import attention_backend
-from modules.diffusion.guidance import Guidance
-from modules.diffusion.samplers import DPMPP2SAncestralSampler
+from modules.diffusion.guidance import ClassifierFreeGuidance, Guidance
+from modules.diffusion.samplers import DDIMSampler, DPMPP2SAncestralSampler, Sampler
 from modules.generation import LatentRequest, seeded_generators
+from modules.runtime.precision import InferencePrecision
+from modules.scvideo.scvideo_denoiser import SCVideoDenoiser
+from modules.video_denoiser import VideoDenoiser
 
 LOGGER = logging.getLogger("bench.sampling")
 SECTION = "sampling"
@@ -68,6 +81,10 @@ SETTINGS = {
 # measured in this order in every repeat: the two ends first, then the parts
 ORDER = ("off", "on", "per_frame", "per_frame+text", "per_frame+anchor")
 PAPER_RESOLUTION = 320  # Table 2's first column
+BATCH_PROMPTS = 4  # "4 prompts in one call vs 4 calls"
+BATCH_MODELS = ("scvideo", "artv")
+SCVIDEO_CFG_SCALE = 10.0  # SCVideo appendix, Sampling
+SCVIDEO_TEXT_DIM = 768  # CLIP ViT-L/14 (SD 1.4)
 QUICK = {"resolution": 64, "frames": 2, "steps": 2}
 
 
@@ -98,20 +115,6 @@ def generate_video(net: ARTVDenoiser, guidance: Guidance, setup: Setup, setting:
     sampler = DPMPP2SAncestralSampler(net.schedule, num_steps=setup.steps, progress=False)
     net.condition_caching = setting
     return net.generate(sampler, guidance, latent_request(setup, text, null_text, [1], "cpu")).latents
-
-
-def latent_request(
-    setup: Setup, text: Tensor, null_text: Tensor, seeds: list[int], device: str
-) -> LatentRequest:
-    size = setup.resolution // flops.LATENT_FACTOR
-    return LatentRequest(
-        texts=[text.to(device)],
-        null_text=null_text.to(device),
-        num_frames=setup.frames,
-        latent_size=(size, size),
-        generators=seeded_generators(seeds, device),
-        progress=False,
-    )
 
 
 def measure_times(setup: Setup) -> dict[str, dict[str, Any]]:
@@ -150,6 +153,116 @@ def measure_times(setup: Setup) -> dict[str, dict[str, Any]]:
         }
         for name in ORDER
     }
+
+
+def build_scvideo(width_divisor: int, device: str) -> SCVideoDenoiser:
+    """The paper's SCVideo denoiser (`experiment=scvideo_webvid256`, SD 1.4 inflated; random weights) at
+    1/`width_divisor` width, reduced as bench/inference_table2.py reduces ART-V (widths divided, SD 1.4's 8 heads
+    kept, GroupNorm groups 32 -> 32 / divisor), in eval mode."""
+    channels = OmegaConf.load(flops.CONF_DIR / "backbone" / "sd14.yaml").unet.model_channels
+    if channels % width_divisor:
+        raise ValueError(f"width divisor {width_divisor} does not divide SD 1.4's {channels} channels")
+    overrides = [
+        "experiment=scvideo_webvid256",
+        "backbone.pretrained=null",
+        f"backbone.unet.model_channels={channels // width_divisor}",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(flops.CONF_DIR)):
+        cfg = compose(config_name="train", overrides=overrides)
+    groups = 32 // width_divisor
+    with inference_table2.group_norm_groups(groups), torch.device(device):
+        return instantiate(cfg.model.net).eval()
+
+
+def batching_case(model: str, setup: Setup, device: str) -> tuple[VideoDenoiser, Sampler, Guidance, int]:
+    """The model's reduced denoiser, its paper sampler and guidance, and its text width."""
+    if model == "scvideo":
+        net = build_scvideo(setup.width_divisor, device)
+        sampler = DDIMSampler(net_schedule(), num_steps=max(setup.steps, 2), progress=False)
+        return net, sampler, ClassifierFreeGuidance(SCVIDEO_CFG_SCALE), SCVIDEO_TEXT_DIM
+    net = build_artv(setup.width_divisor, device)
+    sampler = DPMPP2SAncestralSampler(net.schedule, num_steps=setup.steps, progress=False)
+    return net, sampler, inference_table2.eq1_guidance(), flops.TEXT_DIM
+
+
+def net_schedule() -> Any:
+    """The SD linear schedule both papers use (conf/schedule/sd_linear.yaml)."""
+    return instantiate(OmegaConf.load(flops.CONF_DIR / "schedule" / "sd_linear.yaml"))
+
+
+def latent_request(
+    setup: Setup, text: Tensor, null_text: Tensor, seeds: list[int], device: str
+) -> LatentRequest:
+    size = setup.resolution // flops.LATENT_FACTOR
+    return LatentRequest(
+        texts=[text.to(device)],
+        null_text=null_text.to(device),
+        num_frames=setup.frames,
+        latent_size=(size, size),
+        generators=seeded_generators(seeds, device),
+        progress=False,
+    )
+
+
+def _timed(run: Any, device: str) -> tuple[Tensor, float, float]:
+    """(result, CPU seconds, wall seconds) of `run()`, the device synchronised."""
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    result = run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return result, time.process_time() - cpu_start, time.perf_counter() - wall_start
+
+
+def measure_batching(setup: Setup, device: str) -> dict[str, dict[str, Any]]:
+    """Per model (`batching_of`): BATCH_PROMPTS videos in one call against one call each."""
+    torch.set_num_threads(setup.threads)
+    return {model: batching_of(model, setup, device) for model in BATCH_MODELS}
+
+
+def batching_of(model: str, setup: Setup, device: str) -> dict[str, Any]:
+    """CPU and wall seconds for BATCH_PROMPTS videos generated in one call and in one call each, the largest
+    difference between a video of the batch and the video made alone; on CUDA also the one call in bf16."""
+    torch.manual_seed(0)
+    net, sampler, guidance, text_dim = batching_case(model, setup, device)
+    generator = torch.Generator().manual_seed(0)
+    texts = torch.randn(BATCH_PROMPTS, flops.TEXT_TOKENS, text_dim, generator=generator)
+    null_text = torch.randn(1, flops.TEXT_TOKENS, text_dim, generator=generator)
+    seeds = list(range(BATCH_PROMPTS))
+
+    def generate(rows: slice, precision: str = "fp32", size: Setup = setup) -> Tensor:
+        request = latent_request(size, texts[rows], null_text, seeds[rows], device)
+        with InferencePrecision(precision).applied(torch.device(device)):
+            return net.generate(sampler, guidance, request).latents.float()
+
+    def separate_calls() -> Tensor:
+        return torch.cat([generate(slice(i, i + 1)) for i in seeds])
+
+    with torch.no_grad(), attention_backend("sdpa"):
+        generate(slice(0, 1), size=Setup(**{**setup.__dict__, "frames": 1, "steps": 2}))  # warm-up
+        separate, separate_cpu, separate_wall = _timed(separate_calls, device)
+        batched, batched_cpu, batched_wall = _timed(lambda: generate(slice(None)), device)
+        result = {
+            "separate_seconds": separate_cpu,
+            "batched_seconds": batched_cpu,
+            "separate_wall_seconds": separate_wall,
+            "batched_wall_seconds": batched_wall,
+            "max_abs_difference": float((batched - separate).abs().max()),
+        }
+        if device == "cuda":
+            half, _, half_wall = _timed(lambda: generate(slice(None), precision="bf16"), device)
+            result["bf16_wall_seconds"] = half_wall
+            result["bf16_max_abs_difference"] = float((half - batched).abs().max())
+    LOGGER.info(
+        "%s: %d videos in %d calls %.2f CPU s (%.2f s wall), in one call %.2f CPU s (%.2f s wall)",
+        model,
+        BATCH_PROMPTS,
+        BATCH_PROMPTS,
+        separate_cpu,
+        separate_wall,
+        batched_cpu,
+        batched_wall,
+    )
+    return result
 
 
 def part_macs(net: ARTVDenoiser, resolution: int, num_variants: int) -> dict[str, int]:
@@ -301,6 +414,69 @@ def markdown_section(
     )
 
 
+def batching_section(setup: Setup, batching: dict[str, dict[str, Any]], device: str) -> list[str]:
+    """The batching table (and, measured on a GPU, bf16 against float32) as markdown lines."""
+    rows = [
+        [
+            model,
+            f"{result['separate_seconds']:.2f}",
+            f"{result['batched_seconds']:.2f}",
+            f"{result['separate_seconds'] / result['batched_seconds']:.2f}x",
+            f"{result['separate_wall_seconds']:.2f}",
+            f"{result['batched_wall_seconds']:.2f}",
+            f"{result['separate_wall_seconds'] / result['batched_wall_seconds']:.2f}x",
+            f"{result['max_abs_difference']:.1e}",
+        ]
+        for model, result in batching.items()
+    ]
+    lines = [
+        f"### {BATCH_PROMPTS} prompts in one call vs {BATCH_PROMPTS} calls",
+        "",
+        f"- Setting: {device.upper()}, both paper architectures at 1/{setup.width_divisor} width (SCVideo: "
+        f"`experiment=scvideo_webvid256`, DDIM with CFG {SCVIDEO_CFG_SCALE:g}, {SCVIDEO_TEXT_DIM}-wide text; ART-V as "
+        f"above), {BATCH_PROMPTS} text-to-video videos of {setup.frames} frames at {setup.resolution} px, "
+        f"{setup.steps} sampler steps (DDIM: at least 2), float32 (TF32 allowed on a GPU), one seeded generator per "
+        "video (modules/generation.py), after one short warm-up video.",
+        "- `max abs difference`: the largest difference of a video's latents in the batch from the same video made "
+        "alone: batching changes no video beyond float32 rounding.",
+        "",
+        *markdown_table(
+            [
+                "model",
+                f"{BATCH_PROMPTS} calls, CPU s",
+                "one call, CPU s",
+                "ratio",
+                f"{BATCH_PROMPTS} calls, wall s",
+                "one call, wall s",
+                "wall ratio",
+                "max abs difference",
+            ],
+            rows,
+        ),
+    ]
+    if device == "cuda":
+        precision_rows = [
+            [
+                model,
+                f"{result['batched_wall_seconds']:.2f}",
+                f"{result['bf16_wall_seconds']:.2f}",
+                f"{result['batched_wall_seconds'] / result['bf16_wall_seconds']:.2f}x",
+                f"{result['bf16_max_abs_difference']:.1e}",
+            ]
+            for model, result in batching.items()
+        ]
+        lines += [
+            "",
+            f"bf16 autocast against float32 (`inference.precision`), the one-call batch of {BATCH_PROMPTS} videos:",
+            "",
+            *markdown_table(
+                ["model", "fp32 wall s", "bf16 wall s", "speed-up", "max abs difference of the latents"],
+                precision_rows,
+            ),
+        ]
+    return lines
+
+
 # ---- command line ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -333,13 +509,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_description(args.threads)
     times = measure_times(setup)
     macs = measure_macs(setup, args.quick)
+    batching_device = "cuda" if torch.cuda.is_available() else "cpu"
+    batching = measure_batching(setup, batching_device)
     LOGGER.info(summary_line(times))
     if not args.no_write:
         doc = args.doc or default_doc_path(args.quick)
         command = " ".join(["python -m bench.sampling", *argv])
-        write_section(doc, SECTION, markdown_section(setup, times, macs, command, machine))
+        section = markdown_section(setup, times, macs, command, machine)
+        write_section(
+            doc, SECTION, "\n".join([section, "", *batching_section(setup, batching, batching_device)])
+        )
         LOGGER.info("wrote the %s section of %s", SECTION, doc)
-    return {"setup": setup, "times": times, "macs": macs, "shares": part_shares(times)}
+    return {
+        "setup": setup,
+        "times": times,
+        "macs": macs,
+        "shares": part_shares(times),
+        "batching": batching,
+    }
 
 
 if __name__ == "__main__":
