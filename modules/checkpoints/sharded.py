@@ -35,6 +35,14 @@ def load_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     return torch.load(source, map_location="cpu", weights_only=True)
 
 
+def load_run_config(path: str | Path) -> dict[str, Any] | None:
+    """The training config a checkpoint stores (`run_config`, written by VideoDiffusionModule.on_save_checkpoint),
+    or None for a checkpoint without one. A file is memory-mapped, so its weights are not read."""
+    path = Path(path)
+    source = path / LIGHTNING_PART_FILE if path.is_dir() else path
+    return torch.load(source, map_location="cpu", weights_only=True, mmap=not path.is_dir()).get("run_config")
+
+
 def load_sharded_weights(model: nn.Module, path: str | Path) -> None:
     """Load the weights of the sharded checkpoint directory `path` into `model` (full tensors, any device), in this
     process alone. Raises a ValueError naming `ckpt_path` when the keys or shapes differ from the model's."""

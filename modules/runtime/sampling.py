@@ -14,37 +14,49 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from datamodules.video_decoding import ResizeGeometry
-from modules.checkpoints.sharded import load_checkpoint_metadata, load_sharded_weights
+from modules.checkpoints.sharded import load_checkpoint_metadata, load_run_config, load_sharded_weights
 from modules.runtime.checkpoint_discovery import newest_complete_checkpoint, sharded_checkpoint_problem
 from modules.training.video_diffusion_module import VideoDiffusionModule
 
 log = logging.getLogger(__name__)
 
 
-def find_latest_training_checkpoint(log_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of any run under `<log_dir>/train` (what `make demo` trained), or None."""
+def _trained_net(checkpoint_path: str | Path) -> str | None:
+    """The `model.net._target_` a checkpoint was trained with (from its stored run config), or None if it stores
+    no run config."""
+    stored = load_run_config(checkpoint_path)
+    return None if stored is None else stored.get("model", {}).get("net", {}).get("_target_")
+
+
+def find_latest_training_checkpoint(log_dir: str | Path, net_target: str | None = None) -> Path | None:
+    """The newest complete checkpoint of any run under `<log_dir>/train` (what `make demo` trained), or None. With
+    `net_target`, of the newest run whose stored run config trained that net (`model.net._target_`)."""
     runs = Path(log_dir) / "train"
     if not runs.is_dir():
         return None
     directories = sorted(runs.glob("**/checkpoints"), key=lambda p: p.stat().st_mtime, reverse=True)
     for directory in directories:
         found = newest_complete_checkpoint(directory)
-        if found is not None:
+        if found is not None and (net_target is None or _trained_net(found) == net_target):
             return found
     return None
 
 
-def resolve_sampling_checkpoint(ckpt_path: str | None, log_dir: str | Path) -> Path | None:
-    """`null` -> none; `latest` -> newest training checkpoint if any; else the given file or sharded FSDP directory,
-    which must exist (a directory must be a complete sharded checkpoint)."""
+def resolve_sampling_checkpoint(
+    ckpt_path: str | None, log_dir: str | Path, net_target: str | None = None
+) -> Path | None:
+    """`null` -> none; `latest` -> newest training checkpoint if any (of the net `net_target` when given); else the
+    given file or sharded FSDP directory, which must exist (a directory must be a complete sharded checkpoint)."""
     if ckpt_path is None:
         return None
     if ckpt_path == "latest":
-        found = find_latest_training_checkpoint(log_dir)
+        found = find_latest_training_checkpoint(log_dir, net_target)
         if found is None:
+            of_net = "" if net_target is None else f" of model.net._target_={net_target}"
             log.warning(
-                "no trained checkpoint under %s/train: sampling with the weights the config names (random if "
+                "no trained checkpoint%s under %s/train: sampling with the weights the config names (random if "
                 "none) <ckpt_path=latest>",
+                of_net,
                 log_dir,
             )
         return found
@@ -96,7 +108,8 @@ def build_model_for_sampling(cfg: DictConfig) -> VideoDiffusionModule:
         if trained.net._target_ != cfg.model.net._target_:
             raise ValueError(
                 f"{checkpoint_path} was trained with net {trained.net._target_}, but this config builds "
-                f"{cfg.model.net._target_}; pass the matching model=... <model>"
+                f"{cfg.model.net._target_}; sample with sample.py or eval.py, which take the model from the "
+                "checkpoint (modules/runtime/checkpoint_config.py), or pass the matching model=... <model>"
             )
         trained.sampler = sampler_constructor_config(cfg.model.sampler)
         trained.guidance = cfg.model.guidance
