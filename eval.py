@@ -29,6 +29,7 @@ from modules.evaluation.real_videos import real_clips
 from modules.evaluation.report import EvaluationReport, write_report
 from modules.evaluation.video_folder import generated_videos, iter_video_batches
 from modules.evaluation.video_metric import resolve_device
+from modules.runtime.checkpoint_config import apply_checkpoint_config
 from modules.runtime.config_checks import check_config
 from modules.runtime.precision import inference_precision
 from modules.runtime.run_directory import register_resolvers
@@ -103,7 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    evaluate(apply_checkpoint_config(cfg))  # the checkpoint's model and sampling defaults
 
 
 if __name__ == "__main__":

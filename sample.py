@@ -3,7 +3,7 @@
 python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
 python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2,3] \
     batch_size=4 inference.precision=bf16                           # 4 videos per call, bf16 autocast
-python sample.py model=artv experiment=artv_webvid ckpt_path=... prompt="a panda is playing guitar in the bar"
+python sample.py ckpt_path=<ART-V run>/checkpoints/last.ckpt prompt="a panda playing guitar"  # its model
 python sample.py model=scvideo prompt="a red circle moving left" sampler.init_noise=retrieval \
     pool=pool/index.safetensors rewriter=template                   # POS (modules/pos/README.md)
 """
@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from datamodules.mp4_encoding import write_video
 from modules.generation import GenerationRequest, GenerationResult, batches, seeded_generators
 from modules.pos.pos_sampling import build_pos_generator
+from modules.runtime.checkpoint_config import apply_checkpoint_config
 from modules.runtime.config_checks import check_config, check_generation_options
 from modules.runtime.precision import inference_precision
 from modules.runtime.run_directory import register_resolvers
@@ -95,7 +96,7 @@ def _write_outputs(
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    sample(cfg)
+    sample(apply_checkpoint_config(cfg))  # the checkpoint's model and sampling defaults
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from datamodules.clip_batches import valid_samples
 from modules.evaluation.caption_probe import caption_probe
+from modules.runtime.checkpoint_config import apply_checkpoint_config
 from modules.runtime.run_directory import register_resolvers
 from modules.runtime.sampling import build_model_for_sampling
 
@@ -50,6 +51,7 @@ def probe_batch(cfg: DictConfig) -> tuple[torch.Tensor, list[str]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> dict[str, float]:
+    cfg = apply_checkpoint_config(cfg)  # the checkpoint's model; the probe's clips still come from `data`
     model = build_model_for_sampling(cfg).eval()
     video, captions = probe_batch(cfg)
     result = caption_probe(

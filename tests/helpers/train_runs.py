@@ -148,3 +148,15 @@ def assert_same_tensors(actual: Any, expected: Any, where: str) -> None:
         assert torch.equal(actual, expected), f"{where}: tensors differ"
     else:
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+def train_checkpoint(run_dir: Path, data_dir: Path, overrides: Sequence[str], steps: int = 1) -> Path:
+    """Train the tiny config with `overrides` for `steps` steps in this process, writing the run into `run_dir`
+    (e.g. `<log_dir>/train/runs/<name>`, where `ckpt_path=latest` looks); returns the last step's checkpoint."""
+    from train import train
+
+    every_step = ["callbacks.model_checkpoint.every_n_train_steps=1", "trainer.limit_val_batches=0"]
+    cfg = compose_tiny(run_dir, data_dir, [*every_step, *overrides, f"trainer.max_steps={steps}"])
+    cfg.paths.output_dir = str(run_dir)
+    train(cfg)
+    return run_dir / "checkpoints" / f"step{steps:08d}.ckpt"
