@@ -43,7 +43,7 @@ def generate_protocol_videos(cfg: DictConfig, device: torch.device) -> Path:
     """Generate the protocol's videos with the configured model into `<output_dir>/generated`."""
     protocol = cfg.eval_protocol
     check_config(cfg)
-    precision = inference_precision(cfg.get("inference"))
+    precision = inference_precision(cfg)
     precision.check(device)
     jobs = expand_prompts(list(instantiate(protocol.prompts)), protocol.num_videos, protocol.seed)
     model = build_model_for_sampling(cfg).to(device).eval()

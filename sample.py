@@ -2,7 +2,7 @@
 
 python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
 python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2,3] \
-    batch_size=4 inference.precision=bf16                           # 4 videos per call, bf16 autocast
+    batch_size=4 inference_precision=bf16                           # 4 videos per call, bf16 autocast
 python sample.py ckpt_path=<ART-V run>/checkpoints/last.ckpt prompt="a panda playing guitar"  # its model
 python sample.py model=scvideo prompt="a red circle moving left" sampler.init_noise=retrieval \
     pool=pool/index.safetensors rewriter=template                   # POS (modules/pos/README.md)
@@ -41,7 +41,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     device = torch.device(
         "cuda" if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu" else "cpu"
     )
-    precision = inference_precision(cfg.get("inference"))
+    precision = inference_precision(cfg)
     precision.check(device)
     prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
     model = build_model_for_sampling(cfg).to(device).eval()

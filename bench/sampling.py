@@ -27,7 +27,7 @@ Batching, side by side in the same run: "4 prompts in one call vs 4 calls" for b
 size (SCVideo reduced alike: SD 1.4's widths divided, 8 heads kept): seconds for the four videos each way, the ratio,
 and the largest difference between a video of the batch and the same video made alone (per-video generators,
 modules/generation.py). With a GPU (`torch.cuda.is_available()`) the batching runs there, and the one-call batch is
-also timed in bf16 autocast against float32 (`inference.precision`, modules/runtime/precision.py).
+also timed in bf16 autocast against float32 (`inference_precision`, modules/runtime/precision.py).
 
 CPU: the paper architectures (`experiment=artv_webvid`) at 1/8 width (bench/inference_table2.py's reduction: every
 channel and attention width divided, GroupNorm groups 32 -> 4) at 128 px, the stand-in of Table 2's 320 px column;
@@ -467,7 +467,7 @@ def batching_section(setup: Setup, batching: dict[str, dict[str, Any]], device: 
         ]
         lines += [
             "",
-            f"bf16 autocast against float32 (`inference.precision`), the one-call batch of {BATCH_PROMPTS} videos:",
+            f"bf16 autocast against float32 (`inference_precision`), the one-call batch of {BATCH_PROMPTS} videos:",
             "",
             *markdown_table(
                 ["model", "fp32 wall s", "bf16 wall s", "speed-up", "max abs difference of the latents"],

@@ -47,7 +47,7 @@ class VideoSampleLogger(L.Callback):
             i is the one `python sample.py prompt=<prompt i> seeds=[seed]` makes from the checkpoint).
         fps: frame rate stored with the video.
         use_ema: sample with the EMA weights.
-        precision, allow_tf32: generation precision (`inference.precision`, `inference.allow_tf32`; as sample.py's).
+        precision, allow_tf32: generation precision (`inference_precision`, `allow_tf32`; as sample.py's).
     """
 
     def __init__(

@@ -297,23 +297,23 @@ def test_sample_py_with_pos_writes_the_same_videos_in_batches_of_four_as_one_by_
 # ---------------------------------------------------------------- precision
 
 
-def test_precision_is_one_config_node_read_by_sample_eval_and_the_sample_logger(tmp_path: Path) -> None:
+def test_precision_is_two_top_level_keys_read_by_sample_eval_and_the_sample_logger(tmp_path: Path) -> None:
     for name in ("sample", "eval"):
-        cfg = compose_config(name, ["inference.precision=bf16"], tmp_path)
-        assert inference_precision(cfg.inference) == InferencePrecision("bf16", allow_tf32=True)
-    cfg = compose_config("train", ["inference.precision=bf16", "inference.allow_tf32=false"], tmp_path)
+        cfg = compose_config(name, ["inference_precision=bf16"], tmp_path)
+        assert inference_precision(cfg) == InferencePrecision("bf16", allow_tf32=True)
+    cfg = compose_config("train", ["inference_precision=bf16", "allow_tf32=false"], tmp_path)
     logger = instantiate(cfg.callbacks.video_samples)
     assert logger.precision == InferencePrecision("bf16", allow_tf32=False)
-    with pytest.raises(ValueError, match=r"inference.precision must be one of \('fp32', 'bf16', 'fp16'\)"):
-        inference_precision(OmegaConf.create({"precision": "int8"}))
+    with pytest.raises(ValueError, match=r"^inference_precision must be one of \('fp32', 'bf16', 'fp16'\)"):
+        inference_precision(OmegaConf.create({"inference_precision": "int8"}))
 
 
 def test_fp16_on_the_cpu_fails_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sample, "build_model_for_sampling", refuse_to_build)
-    cfg = sampling_config("scvideo", tmp_path, ["inference.precision=fp16", "device=cpu"])
-    with pytest.raises(ValueError, match=r"^inference.precision=fp16 needs a CUDA device, got cpu"):
+    cfg = sampling_config("scvideo", tmp_path, ["inference_precision=fp16", "device=cpu"])
+    with pytest.raises(ValueError, match=r"^inference_precision=fp16 needs a CUDA device, got cpu"):
         sample.sample(cfg)
 
 

@@ -11,7 +11,7 @@ the entry points' `main()`):
 | sampler, guidance, resolution            | the same keys                          | wins                           |
 | num_frames, fps (sample.py)              | data.num_frames, data.target_fps (set) | wins                           |
 
-Everything else (prompts, seeds, data, eval_protocol, inference, paths, ...) is the sampling config's own. The
+Everything else (prompts, seeds, data, eval_protocol, inference_precision, paths, ...) is the sampling config's own. The
 restored `model.sampler` and `model.guidance` point at the restored `sampler` and `guidance`, so the sampling
 overrides reach the model (`sampler=dpmpp_2m`, `sampler.num_steps=20`, `guidance.scale=7.5`), and resolution and
 frame count may change at sampling. Hydra composes the command line against the sampling config's own defaults

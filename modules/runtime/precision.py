@@ -1,5 +1,5 @@
-"""The numeric precision of generation (`inference.precision`, `inference.allow_tf32`; conf/inference/default.yaml),
-read alike by sample.py, eval.py and the training sample logger.
+"""The numeric precision of generation (the top-level keys `inference_precision` and `allow_tf32`;
+conf/inference/default.yaml), read alike by sample.py, eval.py and the training sample logger.
 
 bf16 / fp16 run the networks under `torch.autocast`: matmuls and convolutions in the low-precision dtype, the weights
 and the sampler's state in float32. GroupNorm and LayerNorm compute in float32 whatever autocast does
@@ -35,16 +35,16 @@ class InferencePrecision:
     def __post_init__(self) -> None:
         if self.precision not in AUTOCAST_DTYPES:
             raise ValueError(
-                f"inference.precision must be one of {tuple(AUTOCAST_DTYPES)}, got {self.precision!r} "
-                "<inference.precision>"
+                f"inference_precision must be one of {tuple(AUTOCAST_DTYPES)}, got {self.precision!r} "
+                "<inference_precision>"
             )
 
     def check(self, device: torch.device) -> None:
         """Refuse, before any work, a precision the device cannot run."""
         if self.precision == "fp16" and device.type != "cuda":
             raise ValueError(
-                f"inference.precision=fp16 needs a CUDA device, got {device.type}; use bf16 or fp32 on the CPU "
-                "<inference.precision>"
+                f"inference_precision=fp16 needs a CUDA device, got {device.type}; use bf16 or fp32 on the CPU "
+                "<inference_precision>"
             )
 
     @contextmanager
@@ -63,10 +63,10 @@ class InferencePrecision:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
-def inference_precision(config: Mapping[str, Any] | None) -> InferencePrecision:
-    """The `inference` config node (precision, allow_tf32) as an `InferencePrecision`; None: the defaults."""
-    if config is None:
-        return InferencePrecision()
+def inference_precision(config: Mapping[str, Any]) -> InferencePrecision:
+    """The top-level `inference_precision` and `allow_tf32` of an entry point's config as an `InferencePrecision`;
+    a missing key: its default."""
     return InferencePrecision(
-        precision=str(config.get("precision", "fp32")), allow_tf32=bool(config.get("allow_tf32", True))
+        precision=str(config.get("inference_precision", "fp32")),
+        allow_tf32=bool(config.get("allow_tf32", True)),
     )
