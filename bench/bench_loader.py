@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bench.report import machine_description, write_section
+from bench.report import end_load_line, machine_description, write_section
 from datamodules.frame_selection import FrameSelection
 from datamodules.mp4_encoding import encode_mp4
 from datamodules.shard_writer import ShardSample, write_shard_set
@@ -142,8 +142,7 @@ def markdown_section(results: list[dict], args: argparse.Namespace, command: str
             "time from creating the iterator (worker start-up included) to the last batch.",
             "- `decoded frames` counts every frame the decoder produced, including those from the key frame a "
             "seek lands on up to the clip's first frame.",
-            "- The 2 CPUs of this machine were shared with other jobs while this ran: the numbers are lower "
-            "bounds, and more workers than free cores cannot help.",
+            end_load_line(),
             "",
             *rows,
         ]

@@ -26,7 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bench.report import machine_description, write_section
+from bench.report import end_load_line, machine_description, write_section
 from modules.blocks.attention import attention_backend
 
 LOGGER = logging.getLogger("bench.bench_unet")
@@ -124,7 +124,7 @@ def summary_line(result: dict) -> str:
     return line
 
 
-def markdown_section(results: list[dict], args: argparse.Namespace, command: str) -> str:
+def markdown_section(results: list[dict], args: argparse.Namespace, command: str, machine: str) -> str:
     size = args.latent_size
     rows = [
         "| device | attention | precision | median s / forward | timed runs (s) | peak RSS GiB | peak GPU GiB |",
@@ -142,7 +142,7 @@ def markdown_section(results: list[dict], args: argparse.Namespace, command: str
             "## SD 2.1 UNet forward at 768 px (bench/bench_unet.py)",
             "",
             f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- Machine: {machine_description(args.threads)}",
+            f"- Machine: {machine}",
             f"- Command: `{command}`",
             f"- Workload: UNet of conf/backbone/sd21.yaml (865.9 M parameters, random weights), batch 1, latent "
             f"4x{size}x{size}, context 1x{CONTEXT_TOKENS}x1024, `torch.inference_mode()`; {args.warmup} warm-up "
@@ -152,7 +152,7 @@ def markdown_section(results: list[dict], args: argparse.Namespace, command: str
             "- `bf16` = `torch.autocast(dtype=torch.bfloat16)` around float32 weights (norms and the naive softmax "
             "stay in float32).",
             f"- Peak RSS includes the float32 weights (about {weights:.1f} GiB right after building the model).",
-            "- The CPU was shared with other jobs while this ran, so CPU times are upper bounds and vary by run.",
+            end_load_line(),
             "",
             *rows,
         ]
@@ -181,6 +181,7 @@ def main() -> None:
         sys.stdout.write(json.dumps(result) + "\n")
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    machine = machine_description(args.threads)  # its load average is the one at the start
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = []
     for device in devices:
@@ -191,7 +192,7 @@ def main() -> None:
                 results.append(result)
     if not args.no_write:
         command = "python -m bench.bench_unet " + " ".join(sys.argv[1:])
-        write_section(BENCHMARKS_MD, SECTION, markdown_section(results, args, command.strip()))
+        write_section(BENCHMARKS_MD, SECTION, markdown_section(results, args, command.strip(), machine))
         LOGGER.info("wrote the %s section of %s", SECTION, BENCHMARKS_MD)
 
 

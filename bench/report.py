@@ -53,14 +53,26 @@ def machine_description(threads: int | None = None) -> str:
         total_kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         memory = f", {total_kib / 2**20:.0f} GiB RAM"
     threads = torch.get_num_threads() if threads is None else threads
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     description = (
-        f"{cpu_model}, {os.cpu_count()} logical cores{memory}, {threads} torch threads, load average {load} "
+        f"{cpu_model}, {os.cpu_count()} logical cores{memory}, {threads} torch threads, load average {load_average()} "
         f"when the bench started; Python {platform.python_version()}, torch {torch.__version__}"
     )
     if torch.cuda.is_available():
         description += f"; GPU {torch.cuda.get_device_name(0)}"
     return description
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages of the machine now: `1.9, 1.7, 1.6`."""
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def end_load_line() -> str:
+    """A section's line with the load average when the bench ended (machine_description has it at the start)."""
+    return (
+        f"- Load average (1, 5, 15 min) when the bench ended: {load_average()}, on {os.cpu_count()} logical cores; "
+        "a load above the core count means other processes competed for the CPUs."
+    )
 
 
 def write_section(path: Path, name: str, body: str) -> None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import time
@@ -56,7 +55,14 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from bench import flops, inference_table2
-from bench.report import default_doc_path, machine_description, markdown_table, utc_now, write_section
+from bench.report import (
+    default_doc_path,
+    load_average,
+    machine_description,
+    markdown_table,
+    utc_now,
+    write_section,
+)
 from modules.artv.anchor_attention import anchor_tokens
 from modules.artv.artv_denoiser import ARTVDenoiser
 from modules.artv.prepared_conditions import ConditionCaching
@@ -382,7 +388,7 @@ def markdown_section(
             f"per evaluation, two for the text-only frame 0), {flops.TEXT_TOKENS} x {flops.TEXT_DIM} text tokens, "
             f"float32, SDPA attention, {setup.threads} torch thread(s); the settings run one after another in one "
             f"process, {setup.repeats} video(s) each (median), after one short warm-up video. Load average when the "
-            f"bench ended: {', '.join(f'{load:.1f}' for load in os.getloadavg())}.",
+            f"bench ended: {load_average()}.",
             "- Times: CPU seconds of the process (`time.process_time`; with one torch thread the work done, hardly "
             "moved by other jobs on the machine) and wall seconds; speed-ups and shares from the CPU seconds.",
             "- Part shares: per_frame = (off - per_frame) / off; text = (per_frame - per_frame+text) / off; anchor = "
