@@ -1,6 +1,6 @@
 """Evaluate a text-to-video model: FVD, CLIPSIM, frame FID and the toy accuracy of an evaluation protocol.
 
-    python eval.py                                                     # toy protocol, newest `make demo` checkpoint
+    python eval.py                                          # toy protocol, newest checkpoint under logs/train
     python eval.py eval_protocol=ucf101 model=scvideo ckpt_path=run.ckpt resolution=256px \
         metrics.fvd.weights_path=/weights/rgb_imagenet.pt
     python eval.py eval_protocol=msrvtt generated_dir=/videos/msrvtt metrics.clipsim.weights_path=...

@@ -1,6 +1,6 @@
 """Sample videos from a trained model.
 
-python sample.py prompt="a red circle moving left"                  # newest checkpoint of `make demo`
+python sample.py prompt="a red circle moving left"                  # newest checkpoint under logs/train
 python sample.py model=scvideo ckpt_path=run/checkpoints/last.ckpt prompts_file=prompts.txt seeds=[0,1,2,3] \
     batch_size=4 inference_precision=bf16                           # 4 videos per call, bf16 autocast
 python sample.py ckpt_path=<ART-V run>/checkpoints/last.ckpt prompt="a panda playing guitar"  # its model

@@ -9,11 +9,10 @@ each with a pre-LayerNorm:
     x = x + TempAttn2(norm_temp2(x) + pos)            eq. (4) over frames, new (`attn_temp2`)
     x = x + FF(norm3(x))                              pretrained `ff`
 
-The first four follow Figure 5(b) (SCAttn -> spatial cross attention -> two temporal attentions). The
-figure does not show the feed-forward; we keep it, with its pretrained weights, as the block's last
-branch, as the SD block and the issue specify. (Tune-A-Video instead runs its single temporal attention
-after the feed-forward.) `pos` is the sinusoidal frame-position embedding
-(`temporal_layers.frame_position_embedding`).
+The first four follow Figure 5(b) (SCAttn -> spatial cross attention -> two temporal attentions). We keep
+the feed-forward, with its pretrained weights, as the block's last branch, as the SD block does; Figure 5(b)
+does not show it. (Tune-A-Video instead runs its single temporal attention after the feed-forward.) `pos` is
+the sinusoidal frame-position embedding (`temporal_layers.frame_position_embedding`).
 
 Temporal attention is bidirectional: every frame attends to every frame at the same spatial position. So only
 the sparse causal attention is causal; the block and the whole video UNet are not.
