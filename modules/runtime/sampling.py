@@ -155,10 +155,6 @@ def video_filename(prompt: str, seed: int, suffix: str = ".mp4") -> str:
     return f"{slug}_seed{seed}{suffix}"
 
 
-def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
 def load_first_frame(path: str | Path, height: int, width: int) -> torch.Tensor:
     """An image file as the first frame of text+image-to-video: scaled to cover `height x width` and centre-cropped
     like the training clips, `[1, 3, height, width]` in [-1, 1]."""
