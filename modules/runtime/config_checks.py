@@ -11,6 +11,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from webdataset.shardlists import expand_urls
 
+from modules.checkpoints.sharded import load_run_config
 from modules.checkpoints.strict_load import compare_state_dict
 from modules.pos.pos_sampling import FIRST_FRAME_WITH_POS, pos_requested
 from modules.training.video_diffusion_module import VideoDiffusionModule
@@ -181,21 +182,12 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
-def _stored_run_config(ckpt_path: str) -> dict[str, Any] | None:
-    """The run config stored with a checkpoint file, or with a sharded checkpoint directory's `meta.pt`."""
-    path = Path(ckpt_path)
-    meta = path / "meta.pt" if path.is_dir() else path
-    if not meta.is_file():
-        return None
-    return torch.load(meta, map_location="cpu", weights_only=True, mmap=not path.is_dir()).get("run_config")
-
-
 def check_resume_config(cfg: DictConfig, ckpt_path: str | None) -> None:
     """A resumed run must keep the model, schedule, seed and clip layout it was trained with: the first key that
     differs from the checkpoint's stored run config is named. Steps, time, trainer, paths and sampling may change."""
     if ckpt_path is None:
         return
-    stored = _stored_run_config(ckpt_path)
+    stored = load_run_config(ckpt_path)
     if stored is None:
         return
     current = OmegaConf.to_container(cfg, resolve=True)
