@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
@@ -61,6 +62,21 @@ def test_paper_compositions_resolve(overrides, tmp_path):
 def test_every_experiment_composes_for_sampling(config_name, experiment, tmp_path):
     cfg = compose_config(config_name, [f"experiment={experiment}"], tmp_path)
     OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("guidance", _entries("guidance"))
+@pytest.mark.parametrize(
+    "selection",
+    [["model=artv"], ["experiment=artv_webvid"], ["experiment=scvideo_webvid256"]],
+    ids=lambda v: " ".join(v),
+)
+def test_a_guidance_entry_replaces_the_models_guidance_whole(selection, guidance, tmp_path):
+    """`guidance=none` with ART-V builds NoGuidance: the eq. (1) weights (or a CFG scale) of the model's own guidance
+    are not merged into the chosen entry."""
+    cfg = compose_config("sample", [*selection, f"guidance={guidance}", "ckpt_path=null"], tmp_path)
+    entry = OmegaConf.load(CONF_DIR / "guidance" / f"{guidance}.yaml")
+    assert OmegaConf.to_container(cfg.guidance) == OmegaConf.to_container(entry)
+    instantiate(cfg.model.guidance)
 
 
 def test_sample_config_composes(tmp_path):
