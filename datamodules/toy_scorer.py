@@ -50,7 +50,7 @@ class ToyVideoScore:
 
 def score_video(video: torch.Tensor | np.ndarray | str | Path) -> ToyVideoScore:
     """Score one video: a tensor `[T, C, H, W]` in [-1, 1], uint8 frames `[T, H, W, 3]`, or an mp4 path."""
-    rgb = _box_blur(_as_rgb(video))
+    rgb = _box_blur(read_rgb(video))
     background = np.median(rgb.reshape(-1, 3), axis=0)
     difference = np.abs(rgb - background).max(axis=-1)
     per_frame_quantile = np.quantile(difference.reshape(len(difference), -1), _QUANTILE, axis=1)
@@ -130,7 +130,7 @@ def _box_blur(rgb: np.ndarray) -> np.ndarray:
     return rearrange(blurred.numpy(), "t c h w -> t h w c")
 
 
-def _as_rgb(video: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
+def read_rgb(video: torch.Tensor | np.ndarray | str | Path) -> np.ndarray:
     """RGB float64 `[T, H, W, 3]` in [0, 1]."""
     if isinstance(video, str | Path):
         with av.open(str(video)) as container:

@@ -52,7 +52,13 @@ _SUPERSAMPLING = 4
 _SPLITS = {"train": 0, "val": 1}
 START_MODES = ("path_end", "direction_free")
 DEFAULT_TRAVEL_FRACTION = (0.55, 0.68)
-_SETTINGS_BEFORE_START_OPTION = {"start": "path_end", "travel_fraction": list(DEFAULT_TRAVEL_FRACTION)}
+# settings that shards made before an option existed were made with (their settings file lacks the key)
+_SETTINGS_BEFORE_START_OPTION = {
+    "start": "path_end",
+    "travel_fraction": list(DEFAULT_TRAVEL_FRACTION),
+    "colors": list(COLORS),
+    "shapes": list(SHAPES),
+}
 
 
 def toy_caption(color: str, shape: str, direction: str) -> str:
@@ -77,6 +83,16 @@ class ToyVideoSpec:
         return toy_caption(self.color, self.shape, self.direction)
 
 
+def check_toy_vocabulary(colors: Sequence[str], shapes: Sequence[str]) -> None:
+    """Raise a ValueError naming the bad setting (`toy_shards.colors` / `toy_shards.shapes`)."""
+    for key, chosen, known in (("colors", colors, list(COLORS)), ("shapes", shapes, list(SHAPES))):
+        unknown = [name for name in chosen if name not in known]
+        if not chosen or unknown or len(set(chosen)) != len(chosen):
+            raise ValueError(
+                f"toy_shards.{key} must be a non-empty list of distinct names from {known}, got {list(chosen)}"
+            )
+
+
 def check_toy_geometry(start: str, travel_fraction: tuple[float, float]) -> None:
     """Raise a ValueError naming the bad setting (`toy_shards.start` / `toy_shards.travel_fraction`)."""
     if start not in START_MODES:
@@ -94,16 +110,19 @@ def toy_video_spec(
     size: int,
     start: str = "path_end",
     travel_fraction: tuple[float, float] = DEFAULT_TRAVEL_FRACTION,
+    colors: Sequence[str] = tuple(COLORS),
+    shapes: Sequence[str] = SHAPES,
 ) -> ToyVideoSpec:
     """The spec of sample `index`: its combination by index, its geometry drawn from `rng`.
 
     `travel_fraction`: range of the path length over the whole video, in frame widths; `start`: see the module
-    docstring. The defaults reproduce the data sets made before these options existed, draw for draw.
+    docstring; `colors`, `shapes`: the vocabulary drawn from (a subset makes a smaller task, e.g. the demo's).
+    The defaults reproduce the data sets made before these options existed, draw for draw.
     """
     check_toy_geometry(start, travel_fraction)
-    color = list(COLORS)[index % len(COLORS)]
-    shape = SHAPES[(index // len(COLORS)) % len(SHAPES)]
-    direction = list(DIRECTIONS)[(index // (len(COLORS) * len(SHAPES))) % len(DIRECTIONS)]
+    color = colors[index % len(colors)]
+    shape = shapes[(index // len(colors)) % len(shapes)]
+    direction = list(DIRECTIONS)[(index // (len(colors) * len(shapes))) % len(DIRECTIONS)]
     radius = size * rng.uniform(0.11, 0.14)
     extent = 1.3 * radius  # the triangle reaches 1.3 r from its centre (`_shape_mask`)
     low, high = extent + 1.0, size - extent - 1.0
@@ -162,6 +181,8 @@ def toy_sample_factory(
     fps: float,
     start: str = "path_end",
     travel_fraction: tuple[float, float] = DEFAULT_TRAVEL_FRACTION,
+    colors: Sequence[str] = tuple(COLORS),
+    shapes: Sequence[str] = SHAPES,
 ) -> Callable[[int, str], ShardSample]:
     """`(index, key) -> ShardSample` making toy video `index` of `split` as an H.264 mp4."""
     if split not in _SPLITS:
@@ -169,7 +190,7 @@ def toy_sample_factory(
 
     def make_sample(index: int, key: str) -> ShardSample:
         rng = np.random.default_rng([seed, _SPLITS[split], index])
-        spec = toy_video_spec(index, rng, size, start, travel_fraction)
+        spec = toy_video_spec(index, rng, size, start, travel_fraction, colors, shapes)
         video = encode_mp4(render_toy_video(spec, size, num_frames), fps)
         metadata = {
             **asdict(spec),
@@ -199,6 +220,7 @@ class ShapesShardSet:
         seed: generation seed (independent of the training seed, so that runs share one data set).
         start: where the shape starts, "path_end" or "direction_free" (module docstring).
         travel_fraction: [low, high] range of the path length over the video, in frame widths.
+        colors, shapes: the vocabulary of the captions (None: all of `COLORS` / `SHAPES`).
     """
 
     def __init__(
@@ -213,11 +235,16 @@ class ShapesShardSet:
         seed: int = 1234,
         start: str = "path_end",
         travel_fraction: Sequence[float] = DEFAULT_TRAVEL_FRACTION,
+        colors: Sequence[str] | None = None,
+        shapes: Sequence[str] | None = None,
     ) -> None:
         if len(travel_fraction) != 2:
             raise ValueError(f"toy_shards.travel_fraction must be [low, high], got {list(travel_fraction)}")
         fraction = (float(travel_fraction[0]), float(travel_fraction[1]))
+        self.colors = tuple(COLORS) if colors is None else tuple(colors)
+        self.shapes = SHAPES if shapes is None else tuple(shapes)
         check_toy_geometry(start, fraction)  # at construction, before any shard is written
+        check_toy_vocabulary(self.colors, self.shapes)
         self.root = Path(root)
         self.train_samples = train_samples
         self.val_samples = val_samples
@@ -249,6 +276,8 @@ class ShapesShardSet:
             "seed": self.seed,
             "start": self.start,
             "travel_fraction": list(self.travel_fraction),
+            "colors": list(self.colors),
+            "shapes": list(self.shapes),
         }
 
     def generate(self) -> None:
@@ -276,7 +305,15 @@ class ShapesShardSet:
             ("val", self.val_samples, self.val_dir),
         ):
             make_sample = toy_sample_factory(
-                self.seed, split, self.size, self.num_frames, self.fps, self.start, self.travel_fraction
+                self.seed,
+                split,
+                self.size,
+                self.num_frames,
+                self.fps,
+                self.start,
+                self.travel_fraction,
+                self.colors,
+                self.shapes,
             )
             report = write_shard_set(
                 directory, count, self.samples_per_shard, make_sample, description=f"toy shapes ({split})"
