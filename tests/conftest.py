@@ -42,3 +42,15 @@ def compose_config(config_name: str, overrides: list[str], tmp_path: Path):
             cfg.paths.data_dir = str(tmp_path / "data")
             del cfg.hydra
     return cfg
+
+
+@pytest.fixture
+def single_torch_thread() -> Iterator[None]:
+    """Run a test on one torch thread, restoring the count after: tiny models run fastest on one thread, and one
+    thread behaves when the machine's cores are shared with another process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

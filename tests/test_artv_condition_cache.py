@@ -75,13 +75,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> ToyARTV:
     )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and one thread behaves when the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @contextmanager

@@ -5,7 +5,6 @@ wired into the shared VideoDiffusionModule."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,15 +137,7 @@ def test_modelscope_conv_linear_macs_match_table2() -> None:
 # ---------------------------------------------------------------- configs and the shared LightningModule
 
 
-@pytest.fixture
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.usefixtures("single_torch_thread")
 def test_toy_experiment_trains_and_generates_through_the_shared_module(tmp_path) -> None:
     cfg = compose_config(
         "train", ["experiment=toy_artv", "sampler.num_steps=2", "sampler.progress=false"], tmp_path

@@ -3,7 +3,6 @@ output, M = 1 reproducing the reference frame, and overfitting a 2-frame clip.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,13 +66,7 @@ def sampler(num_steps: int = 3) -> DPMPP2SAncestralSampler:
     return DPMPP2SAncestralSampler(tiny_artv().schedule, num_steps=num_steps, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and one thread behaves when the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ---------------------------------------------------------------- guidance

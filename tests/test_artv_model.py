@@ -4,7 +4,6 @@ composition, training examples and loading SD weights into Φdynamic."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,14 +27,7 @@ from tests.helpers.tiny_artv import (
     tiny_artv,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and one thread behaves when the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ---------------------------------------------------------------- T2I-Adapter

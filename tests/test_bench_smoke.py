@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ import torch
 
 from bench import data_vs_step, inference_table2, sampling, training_step
 from bench.report import peak_rss_bytes, reset_peak_rss, run_case_in_subprocess, write_section
-
-
-@pytest.fixture
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_write_section_replaces_its_own_section_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -57,7 +48,7 @@ def test_width_divisor_divides_both_models_alike() -> None:
         inference_table2.modelscope_config(3)
 
 
-@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.usefixtures("single_torch_thread")
 def test_inference_quick_measures_all_three_models_and_writes_its_section(tmp_path: Path) -> None:
     doc = tmp_path / "BENCHMARKS.md"
     results = inference_table2.main(["--quick", "--in-process", "--threads", "1", "--doc", str(doc)])
@@ -78,7 +69,7 @@ def test_inference_quick_measures_all_three_models_and_writes_its_section(tmp_pa
         assert "No GPU ran" in text
 
 
-@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.usefixtures("single_torch_thread")
 def test_training_quick_runs_a_step_with_and_without_checkpointing(tmp_path: Path) -> None:
     doc = tmp_path / "BENCHMARKS.md"
     results = training_step.main(
@@ -124,7 +115,7 @@ def test_data_vs_step_names_the_fewest_workers_that_keep_up() -> None:
         data_vs_step.compare([{**loaders[0], "experiment": "toy_artv"}], steps)
 
 
-@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.usefixtures("single_torch_thread")
 def test_data_vs_step_quick_reads_the_toy_loader(tmp_path: Path) -> None:
     doc = tmp_path / "BENCHMARKS.md"
     steps = [step_result("toy_scvideo", False, 0.5, 8)]
@@ -143,7 +134,7 @@ def test_a_training_case_runs_in_its_own_process() -> None:
     assert result["memory_bytes"] > 0 and result["memory_kind"] == "peak RSS growth"
 
 
-@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.usefixtures("single_torch_thread")
 def test_sampling_quick_generates_one_video_per_caching_setting_and_writes_its_section(
     tmp_path: Path,
 ) -> None:

@@ -4,7 +4,6 @@ peak table, and the paper-size step on the meta device. No test asserts a time."
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,7 @@ from bench.rehearsal_training import (
 from bench.training_step import compose_train_config
 
 
-@pytest.fixture
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("_single_thread")
+@pytest.mark.usefixtures("single_torch_thread")
 def test_reduced_rehearsal_trains_both_papers_and_writes_its_section(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
