@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modules.runtime.config_checks import check_checkpoint_matches, check_config, check_resume_config
 from modules.runtime.instantiation import instantiate_callbacks, instantiate_loggers
+from modules.runtime.process_group import finish_process_group
 from modules.runtime.run_directory import plan_resume, register_resolvers
 
 log = logging.getLogger("train")
@@ -68,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
+    finish_process_group()  # every rank ends together; see its docstring for the abort it prevents
     return metrics.get(cfg.get("optimized_metric"))
 
 

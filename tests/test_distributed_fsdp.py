@@ -16,9 +16,11 @@ single-process copy.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +41,7 @@ from modules.blocks.attention import SpatialTransformer
 from modules.blocks.resnet import TimestepEmbedSequential
 from modules.checkpoints.sharded import load_checkpoint_metadata
 from modules.runtime.checkpoint_discovery import is_complete_checkpoint
+from modules.runtime.process_group import finish_process_group
 from modules.runtime.sampling import build_model_for_sampling
 from modules.scvideo.video_res_block import VideoResBlock
 from modules.training.ema import ExponentialMovingAverage, shadow_buffer_name
@@ -149,66 +152,86 @@ def _train_step(root: nn.Module, optimizer: torch.optim.Optimizer, step: int) ->
     optimizer.zero_grad(set_to_none=True)
 
 
-def _fsdp_worker(rank: int, init_file: str, config_dir: str) -> None:
+def _fsdp_checks(config_dir: str) -> None:
+    cfg = compose_config("train", [*FSDP_CONFIG, "trainer.strategy.param_dtype=null"], Path(config_dir))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    reference = copy.deepcopy(model)
+    strategy = instantiate(cfg.trainer.strategy)
+    root = FullyShardedDataParallel(
+        DiffusionLoss(model),
+        mixed_precision=strategy.mixed_precision,
+        sharding_strategy=strategy.sharding_strategy,
+        device_id=torch.device("cpu"),  # Lightning passes the GPU index here
+        ignored_states=[model.get_submodule(name) for name in strategy.replicated_submodules],
+        **strategy.kwargs,
+    )
+    _setup_activation_checkpointing(root, strategy._activation_checkpointing_kwargs)
+    strategy.model = root
+    # one unit per UNet block (input_blocks.i, middle_block, output_blocks.i), holding the video blocks
+    units = [m.module for m in root.modules() if isinstance(m, FullyShardedDataParallel)][1:]
+    unet = model.net.unet
+    assert len(units) == len(unet.input_blocks) + 1 + len(unet.output_blocks)
+    assert all(isinstance(unit, TimestepEmbedSequential) for unit in units)
+    assert any(isinstance(layer, VideoResBlock) for unit in units for layer in unit.modules())
+    assert any(isinstance(layer, SpatialTransformer) for unit in units for layer in unit.modules())
+    named = dict(model.net.trainable_named_parameters())
+    assert any("_fsdp_wrapped_module" in name for name in named)
+    assert any("_checkpoint_wrapped_module" in name for name in named)
+
+    optimizer = torch.optim.AdamW([p for _, p in model.net.trainable_named_parameters()], lr=1e-3)
+    reference_optimizer = torch.optim.AdamW(
+        [p for _, p in reference.net.trainable_named_parameters()], lr=1e-3
+    )
+    for step in range(2):
+        _train_step(root, optimizer, step)
+        model.update_ema(strategy)
+        _train_step(DiffusionLoss(reference), reference_optimizer, step)
+        reference.update_ema(None)
+
+    # outside forward each rank holds only its slice of a parameter, which the EMA could not read
+    sharded = dict(model.net.trainable_named_parameters())
+    assert any(
+        p.numel() < reference.get_parameter(f"net.{clean_parameter_name(n)}").numel()
+        for n, p in sharded.items()
+    )
+    with FullyShardedDataParallel.summon_full_params(root, writeback=False):
+        full = {
+            clean_parameter_name(n): p.detach().clone() for n, p in model.net.trainable_named_parameters()
+        }
+    for name, param in reference.net.trainable_named_parameters():
+        assert torch.equal(full[name], param.detach()), name  # bitwise on CPU with gloo
+    assert model.ema.num_updates.item() == reference.ema.num_updates.item() == 2
+    for name, shadow, expected in zip(
+        model.ema.param_names, model.ema.shadows(), reference.ema.shadows(), strict=True
+    ):
+        assert shadow.dtype == torch.float32 and shadow.shape == expected.shape, name
+        assert torch.equal(shadow, expected), name
+
+
+def _gloo_threads() -> list[str]:
+    """Names of this process's gloo worker and transport threads (Linux)."""
+    names = [
+        (Path("/proc/self/task") / t / "comm").read_text().strip() for t in os.listdir("/proc/self/task")
+    ]
+    return [name for name in names if "gloo" in name]
+
+
+def _run_worker(checks: Callable[..., None], rank: int, init_file: str, *args: str) -> None:
+    """One rank: join the gloo group, run `checks`, end the group as train.py does."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     try:
-        cfg = compose_config("train", [*FSDP_CONFIG, "trainer.strategy.param_dtype=null"], Path(config_dir))
-        torch.manual_seed(0)
-        model = instantiate(cfg.model)
-        reference = copy.deepcopy(model)
-        strategy = instantiate(cfg.trainer.strategy)
-        root = FullyShardedDataParallel(
-            DiffusionLoss(model),
-            mixed_precision=strategy.mixed_precision,
-            sharding_strategy=strategy.sharding_strategy,
-            device_id=torch.device("cpu"),  # Lightning passes the GPU index here
-            ignored_states=[model.get_submodule(name) for name in strategy.replicated_submodules],
-            **strategy.kwargs,
-        )
-        _setup_activation_checkpointing(root, strategy._activation_checkpointing_kwargs)
-        strategy.model = root
-        # one unit per UNet block (input_blocks.i, middle_block, output_blocks.i), holding the video blocks
-        units = [m.module for m in root.modules() if isinstance(m, FullyShardedDataParallel)][1:]
-        unet = model.net.unet
-        assert len(units) == len(unet.input_blocks) + 1 + len(unet.output_blocks)
-        assert all(isinstance(unit, TimestepEmbedSequential) for unit in units)
-        assert any(isinstance(layer, VideoResBlock) for unit in units for layer in unit.modules())
-        assert any(isinstance(layer, SpatialTransformer) for unit in units for layer in unit.modules())
-        named = dict(model.net.trainable_named_parameters())
-        assert any("_fsdp_wrapped_module" in name for name in named)
-        assert any("_checkpoint_wrapped_module" in name for name in named)
-
-        optimizer = torch.optim.AdamW([p for _, p in model.net.trainable_named_parameters()], lr=1e-3)
-        reference_optimizer = torch.optim.AdamW(
-            [p for _, p in reference.net.trainable_named_parameters()], lr=1e-3
-        )
-        for step in range(2):
-            _train_step(root, optimizer, step)
-            model.update_ema(strategy)
-            _train_step(DiffusionLoss(reference), reference_optimizer, step)
-            reference.update_ema(None)
-
-        # outside forward each rank holds only its slice of a parameter, which the EMA could not read
-        sharded = dict(model.net.trainable_named_parameters())
-        assert any(
-            p.numel() < reference.get_parameter(f"net.{clean_parameter_name(n)}").numel()
-            for n, p in sharded.items()
-        )
-        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
-            full = {
-                clean_parameter_name(n): p.detach().clone() for n, p in model.net.trainable_named_parameters()
-            }
-        for name, param in reference.net.trainable_named_parameters():
-            assert torch.equal(full[name], param.detach()), name  # bitwise on CPU with gloo
-        assert model.ema.num_updates.item() == reference.ema.num_updates.item() == 2
-        for name, shadow, expected in zip(
-            model.ema.param_names, model.ema.shadows(), reference.ema.shadows(), strict=True
-        ):
-            assert shadow.dtype == torch.float32 and shadow.shape == expected.shape, name
-            assert torch.equal(shadow, expected), name
+        checks(*args)  # returns with its FSDP units out of scope, so that the group can be destroyed
+        finish_process_group()  # without it gloo can abort the process at exit
+        assert not _gloo_threads(), "the process group outlived finish_process_group"
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # a check failed: no barrier, the other rank may be gone
+            dist.destroy_process_group()
+
+
+def _fsdp_worker(rank: int, init_file: str, config_dir: str) -> None:
+    _run_worker(_fsdp_checks, rank, init_file, config_dir)
 
 
 def test_ema_of_sharded_parameters_matches_an_unsharded_run(tmp_path):
@@ -243,43 +266,42 @@ class BlocksAndHead(nn.Module):
         return self.forward(x)
 
 
+def _swap_checks() -> None:
+    torch.manual_seed(0)
+    model = BlocksAndHead()
+    trained = copy.deepcopy(model)
+    ema = ExponentialMovingAverage(model.named_parameters(), decay=0.5)
+    for shadow in ema.shadows():
+        shadow.add_(1.0)  # EMA weights far from the training weights
+    averaged = copy.deepcopy(model)
+    for name, shadow in zip(ema.param_names, ema.shadows(), strict=True):
+        averaged.get_parameter(name).data.copy_(shadow)
+    root = FullyShardedDataParallel(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy({Block}),
+        device_id=torch.device("cpu"),
+        use_orig_params=True,
+    )
+    strategy = FSDPStrategy()
+    strategy.model = root
+    named = [(clean_parameter_name(n), p) for n, p in model.named_parameters()]
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for _ in range(2):  # the second swap starts from what the first left behind
+            with ema.swapped_in(named, whole=partial(full_parameters, strategy, writeback=True)):
+                sampled = call_through_root(strategy, model, "generate", x)
+            # the root unit keeps its gathered parameters after a forward without backward; the restore must
+            # reach them, not only this rank's slices, or this forward would still see EMA weights
+            after = root(x)
+            assert torch.equal(sampled, averaged(x)), dist.get_rank()
+            assert torch.equal(after, trained(x)), dist.get_rank()
+    with FullyShardedDataParallel.summon_full_params(root, writeback=False):
+        for name, param in trained.named_parameters():
+            assert torch.equal(root.module.get_parameter(name), param), name
+
+
 def _swap_worker(rank: int, init_file: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        torch.manual_seed(0)
-        model = BlocksAndHead()
-        trained = copy.deepcopy(model)
-        ema = ExponentialMovingAverage(model.named_parameters(), decay=0.5)
-        for shadow in ema.shadows():
-            shadow.add_(1.0)  # EMA weights far from the training weights
-        averaged = copy.deepcopy(model)
-        for name, shadow in zip(ema.param_names, ema.shadows(), strict=True):
-            averaged.get_parameter(name).data.copy_(shadow)
-        root = FullyShardedDataParallel(
-            model,
-            auto_wrap_policy=ModuleWrapPolicy({Block}),
-            device_id=torch.device("cpu"),
-            use_orig_params=True,
-        )
-        strategy = FSDPStrategy()
-        strategy.model = root
-        named = [(clean_parameter_name(n), p) for n, p in model.named_parameters()]
-        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            for _ in range(2):  # the second swap starts from what the first left behind
-                with ema.swapped_in(named, whole=partial(full_parameters, strategy, writeback=True)):
-                    sampled = call_through_root(strategy, model, "generate", x)
-                # the root unit keeps its gathered parameters after a forward without backward; the restore must
-                # reach them, not only this rank's slices, or this forward would still see EMA weights
-                after = root(x)
-                assert torch.equal(sampled, averaged(x)), rank
-                assert torch.equal(after, trained(x)), rank
-        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
-            for name, param in trained.named_parameters():
-                assert torch.equal(root.module.get_parameter(name), param), name
-    finally:
-        dist.destroy_process_group()
+    _run_worker(_swap_checks, rank, init_file)
 
 
 def test_ema_swap_and_sampling_leave_the_sharded_training_weights_intact(tmp_path):
