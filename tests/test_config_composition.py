@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import CONF_DIR, compose_config
 
@@ -64,18 +64,31 @@ def test_every_experiment_composes_for_sampling(config_name, experiment, tmp_pat
     OmegaConf.to_container(cfg, resolve=True)
 
 
+def _group_entry(group: str, name: str) -> DictConfig:
+    """A config group entry as Hydra composes it: the entries its defaults list names, then its own keys."""
+    entry = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+    parents = [d for d in entry.pop("defaults", []) if d != "_self_"]
+    return OmegaConf.merge(*(_group_entry(group, parent) for parent in parents), entry)
+
+
 @pytest.mark.parametrize("guidance", _entries("guidance"))
 @pytest.mark.parametrize(
     "selection",
-    [["model=artv"], ["experiment=artv_webvid"], ["experiment=scvideo_webvid256"]],
+    [
+        ["model=artv"],
+        ["model=scvideo", "backbone=tiny"],
+        ["experiment=artv_webvid"],
+        ["experiment=scvideo_webvid256"],
+        ["experiment=toy_scvideo"],
+        ["experiment=toy_artv"],
+    ],
     ids=lambda v: " ".join(v),
 )
 def test_a_guidance_entry_replaces_the_models_guidance_whole(selection, guidance, tmp_path):
     """`guidance=none` with ART-V builds NoGuidance: the eq. (1) weights (or a CFG scale) of the model's own guidance
     are not merged into the chosen entry."""
     cfg = compose_config("sample", [*selection, f"guidance={guidance}", "ckpt_path=null"], tmp_path)
-    entry = OmegaConf.load(CONF_DIR / "guidance" / f"{guidance}.yaml")
-    assert OmegaConf.to_container(cfg.guidance) == OmegaConf.to_container(entry)
+    assert OmegaConf.to_container(cfg.guidance) == OmegaConf.to_container(_group_entry("guidance", guidance))
     instantiate(cfg.model.guidance)
 
 
