@@ -33,7 +33,8 @@ CPU: the paper architectures (`experiment=artv_webvid`) at 1/8 width (bench/infe
 channel and attention width divided, GroupNorm groups 32 -> 4) at 128 px, the stand-in of Table 2's 320 px column;
 float32, one video (batch 1), 77 x 1024 text tokens.
 
-    python -m bench.sampling            # writes its section of docs/BENCHMARKS.md
+    python -m bench.sampling            # writes its two sections of docs/BENCHMARKS.md
+    python -m bench.sampling --part batching --steps 10 --threads 1   # only the batching section
     python -m bench.sampling --quick    # smoke run (64 px, 2 frames, 2 steps) into a temporary document
 """
 
@@ -77,6 +78,8 @@ from modules.video_denoiser import VideoDenoiser
 
 LOGGER = logging.getLogger("bench.sampling")
 SECTION = "sampling"
+BATCHING_SECTION = "sampling_batching"
+PARTS = ("caching", "batching")
 SETTINGS = {
     "off": ConditionCaching.switch(False),
     "per_frame": ConditionCaching(per_frame=True, text=False, anchor=False),
@@ -420,8 +423,10 @@ def markdown_section(
     )
 
 
-def batching_section(setup: Setup, batching: dict[str, dict[str, Any]], device: str) -> list[str]:
-    """The batching table (and, measured on a GPU, bf16 against float32) as markdown lines."""
+def batching_section(
+    setup: Setup, batching: dict[str, dict[str, Any]], device: str, command: str, machine: str
+) -> list[str]:
+    """The batching section (and, measured on a GPU, bf16 against float32) as markdown lines."""
     rows = [
         [
             model,
@@ -436,8 +441,11 @@ def batching_section(setup: Setup, batching: dict[str, dict[str, Any]], device: 
         for model, result in batching.items()
     ]
     lines = [
-        f"### {BATCH_PROMPTS} prompts in one call vs {BATCH_PROMPTS} calls",
+        f"## Sampling {BATCH_PROMPTS} prompts in one call vs {BATCH_PROMPTS} calls (bench/sampling.py)",
         "",
+        f"- Date: {utc_now()}",
+        f"- Machine: {machine}",
+        f"- Command: `{command}`",
         f"- Setting: {device.upper()}, both paper architectures at 1/{setup.width_divisor} width (SCVideo: "
         f"`experiment=scvideo_webvid256`, DDIM with CFG {SCVIDEO_CFG_SCALE:g}, {SCVIDEO_TEXT_DIM}-wide text; ART-V as "
         f"above), {BATCH_PROMPTS} text-to-video videos of {setup.frames} frames at {setup.resolution} px, "
@@ -498,6 +506,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 px, 2 frames, 2 steps")
     parser.add_argument(
+        "--part",
+        choices=(*PARTS, "all"),
+        default="all",
+        help="measure only caching or only batching (each writes its own section); default both",
+    )
+    parser.add_argument(
         "--doc", type=Path, default=None, help="document to update (default: docs/BENCHMARKS.md)"
     )
     parser.add_argument("--no-write", action="store_true", help="only log the results")
@@ -513,24 +527,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     setup = Setup(**sizes, width_divisor=args.width_divisor, repeats=args.repeats, threads=args.threads)
     machine = machine_description(args.threads)
-    times = measure_times(setup)
-    macs = measure_macs(setup, args.quick)
+    parts = PARTS if args.part == "all" else (args.part,)
+    times = measure_times(setup) if "caching" in parts else None
+    macs = measure_macs(setup, args.quick) if "caching" in parts else None
     batching_device = "cuda" if torch.cuda.is_available() else "cpu"
-    batching = measure_batching(setup, batching_device)
-    LOGGER.info(summary_line(times))
+    batching = measure_batching(setup, batching_device) if "batching" in parts else None
+    if times is not None:
+        LOGGER.info(summary_line(times))
     if not args.no_write:
         doc = args.doc or default_doc_path(args.quick)
         command = " ".join(["python -m bench.sampling", *argv])
-        section = markdown_section(setup, times, macs, command, machine)
-        write_section(
-            doc, SECTION, "\n".join([section, "", *batching_section(setup, batching, batching_device)])
-        )
-        LOGGER.info("wrote the %s section of %s", SECTION, doc)
+        if times is not None:
+            write_section(doc, SECTION, markdown_section(setup, times, macs, command, machine))
+            LOGGER.info("wrote the %s section of %s", SECTION, doc)
+        if batching is not None:
+            lines = batching_section(setup, batching, batching_device, command, machine)
+            write_section(doc, BATCHING_SECTION, "\n".join(lines))
+            LOGGER.info("wrote the %s section of %s", BATCHING_SECTION, doc)
     return {
         "setup": setup,
         "times": times,
         "macs": macs,
-        "shares": part_shares(times),
+        "shares": part_shares(times) if times is not None else None,
         "batching": batching,
     }
 

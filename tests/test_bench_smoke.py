@@ -157,7 +157,8 @@ def test_sampling_quick_generates_one_video_per_caching_setting_and_writes_its_s
     # and, in the same run, 4 prompts in one call against 4 calls for both models
     batching = result["batching"]
     assert set(batching) == set(sampling.BATCH_MODELS)
-    assert "### 4 prompts in one call vs 4 calls" in text
+    assert "<!-- sampling_batching:start -->" in text
+    assert "## Sampling 4 prompts in one call vs 4 calls" in text
     for model, measured in batching.items():
         assert measured["batched_seconds"] > 0 and measured["separate_seconds"] > 0
         assert measured["max_abs_difference"] <= 1e-4  # a video of the batch is the video made alone
