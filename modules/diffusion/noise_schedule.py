@@ -22,6 +22,26 @@ def _per_sample(coefficient: Tensor, like: Tensor) -> Tensor:
     return coefficient.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def rescaled_to_terminal_snr(alphas_cumprod: Tensor, terminal_snr: float) -> Tensor:
+    """a_t `[N]` (float64) rescaled so that SNR(N - 1) = a / (1 - a) is `terminal_snr`, with a_0 kept: sqrt(a_t) is
+    shifted and scaled linearly (Lin et al. 2024, Algorithm 1, which targets SNR 0; a small positive target keeps the
+    eps <-> x0 conversions and the sigma grid of the samplers finite)."""
+    if not terminal_snr > 0.0:
+        raise ValueError(
+            f"terminal_snr must be > 0 (the samplers divide by sqrt(a_t)) or null, got {terminal_snr} "
+            "<schedule.terminal_snr>"
+        )
+    root = alphas_cumprod.sqrt()
+    first, last = root[0], root[-1]
+    target = (terminal_snr / (1.0 + terminal_snr)) ** 0.5
+    if not target < first:
+        raise ValueError(
+            f"terminal_snr {terminal_snr} is not below the first step's SNR {float(first**2 / (1 - first**2)):.4g} "
+            "<schedule.terminal_snr>"
+        )
+    return (target + (root - last) * (first - target) / (first - last)) ** 2
+
+
 class NoiseSchedule(nn.Module):
     """SD linear schedule: betas = linspace(sqrt(start), sqrt(end), N) ** 2, alphas_cumprod = cumprod(1 - betas).
 
@@ -32,13 +52,23 @@ class NoiseSchedule(nn.Module):
         num_timesteps: number of DDPM steps N (ART-V supplementary Table 4: 1000).
         linear_start: first beta (Table 4: 0.00085).
         linear_end: last beta (Table 4: 0.0120).
+        terminal_snr: None keeps the schedule; a number rescales it so that SNR(N - 1) equals it (Lin et al. 2024,
+            "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1: sqrt(a_t) shifted and scaled
+            so that sqrt(a_0) is kept and sqrt(a_{N-1}) becomes the target). Near zero it makes the last training
+            step (almost) pure noise, as sampling's first step is. Not used by either paper.
     """
 
     betas: Tensor
     alphas_cumprod: Tensor
     sigmas: Tensor
 
-    def __init__(self, num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012):
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        linear_start: float = 0.00085,
+        linear_end: float = 0.012,
+        terminal_snr: float | None = None,
+    ):
         super().__init__()
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps} <schedule.num_timesteps>")
@@ -50,6 +80,7 @@ class NoiseSchedule(nn.Module):
         self.num_timesteps = num_timesteps
         self.linear_start = linear_start
         self.linear_end = linear_end
+        self.terminal_snr = terminal_snr
 
         # betas = linspace(sqrt(beta_start), sqrt(beta_end), N) ** 2, in float64 like ldm / sgm
         betas = (
@@ -59,6 +90,9 @@ class NoiseSchedule(nn.Module):
             ** 2
         )
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if terminal_snr is not None:
+            alphas_cumprod = rescaled_to_terminal_snr(alphas_cumprod, terminal_snr)
+            betas = 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         # sigma(t) = sqrt((1 - a_t) / a_t): the k-diffusion noise level of DDPM step t
         sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
 
@@ -69,7 +103,8 @@ class NoiseSchedule(nn.Module):
         self.register_buffer("sigmas", sigmas.float(), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"num_timesteps={self.num_timesteps}, linear_start={self.linear_start}, linear_end={self.linear_end}"
+        text = f"num_timesteps={self.num_timesteps}, linear_start={self.linear_start}, linear_end={self.linear_end}"
+        return text if self.terminal_snr is None else f"{text}, terminal_snr={self.terminal_snr}"
 
     def _alpha_cumprod(self, t: Tensor, like: Tensor) -> Tensor:
         """a_t for int64 timesteps `[B]`, shaped `[B, 1, ..., 1]` against `like` `[B, ...]`, on like's device."""
@@ -94,6 +129,12 @@ class NoiseSchedule(nn.Module):
         """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t). x_t, eps: `[B, ...]`; t: int64 `[B]`."""
         a_t = self._alpha_cumprod(t, x_t)
         return (x_t - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
+
+    def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """eps = sqrt(a_t) v + sqrt(1 - a_t) x_t for a v-prediction (Salimans & Ho 2022: v = sqrt(a_t) eps -
+        sqrt(1 - a_t) x0). x_t, v: `[B, ...]`; t: int64 `[B]`."""
+        a_t = self._alpha_cumprod(t, x_t)
+        return a_t.sqrt() * v + (1.0 - a_t).sqrt() * x_t
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t). x_t, x0: `[B, ...]`; t: int64 `[B]`."""

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from modules.diffusion.guidance import Guidance
 from modules.diffusion.noise import standard_normal
+from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import Sampler
 from modules.generation import GeneratedLatents, GenerationAbilities, LatentRequest
 from modules.pos.noise_inversion import InversionStrategy, WholeClipInversion
@@ -26,6 +27,7 @@ from modules.video_denoiser import TrainingExample, VideoDenoiser
 log = logging.getLogger(__name__)
 
 TRAINABLE_SETS = ("paper", "all")
+PREDICTIONS = ("eps", "v")  # what the UNet outputs (`prediction`)
 
 
 class SCVideoDenoiser(VideoDenoiser):
@@ -42,6 +44,10 @@ class SCVideoDenoiser(VideoDenoiser):
             appendix, Training; the exact set is documented in `video_unet.py`); "all" trains every parameter.
             Toy runs start from a random tiny UNet with no pretrained image model, and frozen random spatial
             layers would cripple them, so they use "all".
+        prediction: what the UNet outputs: "eps" (the paper, as SD 1.4) or "v" (v = sqrt(a_t) eps - sqrt(1 - a_t) x0,
+            Salimans & Ho 2022, as SD 2 and Lin et al. 2024 train; used by the from-scratch toy). `forward` returns
+            eps either way, so samplers, guidance and POS are unchanged.
+        schedule: the noise schedule, needed to turn a v-prediction into eps (`prediction="v"` only).
     """
 
     condition_keys = ("text",)
@@ -53,16 +59,26 @@ class SCVideoDenoiser(VideoDenoiser):
         pretrained: str | None = None,
         temporal_weights: str | None = None,
         trainable: str = "paper",
+        prediction: str = "eps",
+        schedule: NoiseSchedule | None = None,
     ) -> None:
         super().__init__()
         if trainable not in TRAINABLE_SETS:
             raise ValueError(f"model.net.trainable must be one of {TRAINABLE_SETS}, got {trainable!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"model.net.prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if prediction == "v" and schedule is None:
+            raise ValueError(
+                "model.net.prediction=v needs model.net.schedule (the schedule that turns v into eps)"
+            )
         if isinstance(unet, torch.nn.Module) or not callable(unet):
             raise TypeError(
                 "model.net.unet must be a partial UNetModel config (`_partial_: true`, e.g. backbone.unet) that "
                 f"SCVideo calls with its block factory; got {type(unet).__name__}"
             )
         self.trainable = trainable
+        self.prediction = prediction
+        self.schedule = schedule if prediction == "v" else None
         self.pretrained = pretrained
         self.temporal_weights = temporal_weights
         self.unet = unet(block_factory=SCVideoBlockFactory())
@@ -107,8 +123,12 @@ class SCVideoDenoiser(VideoDenoiser):
         frames = rearrange(x_t, "b c t h w -> (b t) c h w")
         frame_steps = repeat(t, "b -> (b t)", t=num_frames)
         frame_text = repeat(text, "b l d -> (b t) l d", t=num_frames)
-        eps = self.unet(frames, frame_steps, frame_text, num_frames=num_frames)
-        return rearrange(eps, "(b t) c h w -> b c t h w", t=num_frames)
+        output = rearrange(
+            self.unet(frames, frame_steps, frame_text, num_frames=num_frames),
+            "(b t) c h w -> b c t h w",
+            t=num_frames,
+        )
+        return output if self.schedule is None else self.schedule.eps_from_v(x_t, t, output)
 
     def _check_inputs(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
         if x_t.ndim != 5 or x_t.shape[1] != self.unet.in_channels:

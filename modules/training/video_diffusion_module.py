@@ -73,6 +73,10 @@ class VideoDiffusionModule(L.LightningModule):
         min_snr_gamma: None for the papers' plain eps-MSE (SD, ART-V Table 4); a number gamma weights each sample's
             eps-MSE by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma, Hang et al. 2023), which caps the weight of the
             low-noise steps that dominate eps-MSE gradients; used by the from-scratch toy runs.
+        objective: "eps" for eps-MSE (both papers); "v" for v-MSE (Salimans & Ho 2022), computed as the eps-MSE
+            weighted by 1 / a_t = 1 + 1 / SNR(t), which is the v-MSE whatever the net outputs: it weighs every step's x0
+            error by 1 + SNR, so the high-noise steps, where only the caption can say what the video does, count.
+            Used with `net.prediction="v"` by the from-scratch SCVideo toy; not combined with `min_snr_gamma`.
         pretrained: a full SD checkpoint; its first stage (and its text encoder, unless the text encoder was
             given its own `weights_path`) are loaded with strict key matching. The net loads its UNet part itself.
     """
@@ -94,10 +98,17 @@ class VideoDiffusionModule(L.LightningModule):
         max_consecutive_nonfinite: int = 10,
         pretrained: str | None = None,
         min_snr_gamma: float | None = None,
+        objective: str = "eps",
     ) -> None:
         super().__init__()
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0 or null, got {min_snr_gamma} <model.min_snr_gamma>")
+        if objective not in ("eps", "v"):
+            raise ValueError(f"model.objective must be eps or v, got {objective!r}")
+        if objective == "v" and min_snr_gamma is not None:
+            raise ValueError(
+                "model.objective=v is the v-MSE; set model.min_snr_gamma=null (Min-SNR weighs eps-MSE)"
+            )
         if pretrained is not None:
             own_text_weights = getattr(text_encoder, "weights_path", None) is not None
             load_sd_checkpoint(
@@ -115,6 +126,7 @@ class VideoDiffusionModule(L.LightningModule):
         self.vae_chunk_frames = vae_chunk_frames
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.min_snr_gamma = min_snr_gamma
+        self.objective = objective
         self.net.configure_trainable()
         self.ema = (
             ExponentialMovingAverage(self.net.trainable_named_parameters(), ema_decay, ema_use_num_updates)
@@ -211,7 +223,7 @@ class VideoDiffusionModule(L.LightningModule):
     # ---- training -----------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         """eps-prediction MSE (ART-V supplementary Table 4; SCVideo follows SD), Min-SNR-weighted per sample when
-        `min_snr_gamma` is set."""
+        `min_snr_gamma` is set, or the v-MSE (`objective="v"`)."""
         clips = batch["moments"] if "moments" in batch else batch["video"]  # [B, T, ...]
         frame_indices = self.net.training_frame_indices(clips.shape[0], clips.shape[1])
         example = self.net.training_example(self.clip_latents(batch, frame_indices), frame_indices)
@@ -236,14 +248,17 @@ class VideoDiffusionModule(L.LightningModule):
         t = t.to(self.device)
         x_t = self.schedule.q_sample(x0, t, noise)
         eps = self.net(x_t, t, cond)
-        if self.min_snr_gamma is None:
+        if self.min_snr_gamma is None and self.objective == "eps":
             return F.mse_loss(eps.float(), noise.float())
         per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
         return (self.loss_weights(t) * per_sample).mean()
 
     def loss_weights(self, t: Tensor) -> Tensor:
-        """Min-SNR-gamma weights of eps-MSE, min(SNR(t), gamma) / SNR(t) for DDPM steps `t` `[B]` -> `[B]`."""
+        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]`: min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma),
+        or 1 / a_t, which turns eps-MSE into v-MSE (`objective="v"`)."""
         alphas_cumprod = self.schedule.alphas_cumprod[t].float()
+        if self.objective == "v":
+            return 1.0 / alphas_cumprod
         snr = alphas_cumprod / (1.0 - alphas_cumprod)
         return snr.clamp(max=self.min_snr_gamma) / snr
 
