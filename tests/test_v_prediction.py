@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from modules.diffusion.noise_schedule import NoiseSchedule
@@ -138,7 +137,15 @@ def _raw_output(net: SCVideoDenoiser, x_t: torch.Tensor, t: torch.Tensor, text: 
         net.schedule = schedule
 
 
-def test_the_v_objective_refuses_min_snr_weighting(tmp_path: Path):
-    cfg = compose_config("train", [*V_TOY, "model.min_snr_gamma=1.0"], tmp_path)
-    with pytest.raises(InstantiationException, match="min_snr_gamma=null"):
-        instantiate(cfg.model)
+def test_the_v_objective_with_min_snr_caps_low_noise_and_keeps_the_noisiest_steps(tmp_path: Path):
+    """x0-MSE weights: 1 + SNR for the v-MSE; min(1 + SNR, 1 + gamma) with min_snr_gamma (eps-MSE weight x SNR)."""
+    plain = instantiate(compose_config("train", V_TOY, tmp_path).model)
+    capped = instantiate(compose_config("train", [*V_TOY, "model.min_snr_gamma=1.0"], tmp_path).model)
+    t = torch.tensor([0, 200, 500, 999])
+    a = plain.schedule.alphas_cumprod[t]
+    snr = a / (1 - a)
+    torch.testing.assert_close(plain.loss_weights(t) * snr, 1 + snr)
+    torch.testing.assert_close(capped.loss_weights(t) * snr, torch.minimum(1 + snr, torch.tensor(2.0)))
+    assert float(capped.loss_weights(t)[-1] * snr[-1]) == pytest.approx(
+        1.0, abs=1e-4
+    )  # not 0, as Min-SNR's would be

@@ -74,9 +74,11 @@ class VideoDiffusionModule(L.LightningModule):
             eps-MSE by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma, Hang et al. 2023), which caps the weight of the
             low-noise steps that dominate eps-MSE gradients; used by the from-scratch toy runs.
         objective: "eps" for eps-MSE (both papers); "v" for v-MSE (Salimans & Ho 2022), computed as the eps-MSE
-            weighted by 1 / a_t = 1 + 1 / SNR(t), which is the v-MSE whatever the net outputs: it weighs every step's x0
-            error by 1 + SNR, so the high-noise steps, where only the caption can say what the video does, count.
-            Used with `net.prediction="v"` by the from-scratch SCVideo toy; not combined with `min_snr_gamma`.
+            weighted by 1 / a_t = (1 + SNR) / SNR, which is the v-MSE whatever the net outputs: it weighs every step's
+            x0 error by 1 + SNR, so the high-noise steps, where only the caption can say what the video does, count.
+            With `min_snr_gamma` the x0 weight becomes min(1 + SNR, 1 + gamma): low-noise steps capped as Min-SNR caps
+            them, weight 1 kept on the noisiest steps (Hang et al.'s v form, min(SNR, gamma) / (SNR + 1), would give
+            the pure-noise steps weight 0). Used with `net.prediction="v"` by the from-scratch SCVideo toy.
         pretrained: a full SD checkpoint; its first stage (and its text encoder, unless the text encoder was
             given its own `weights_path`) are loaded with strict key matching. The net loads its UNet part itself.
     """
@@ -105,10 +107,6 @@ class VideoDiffusionModule(L.LightningModule):
             raise ValueError(f"min_snr_gamma must be > 0 or null, got {min_snr_gamma} <model.min_snr_gamma>")
         if objective not in ("eps", "v"):
             raise ValueError(f"model.objective must be eps or v, got {objective!r}")
-        if objective == "v" and min_snr_gamma is not None:
-            raise ValueError(
-                "model.objective=v is the v-MSE; set model.min_snr_gamma=null (Min-SNR weighs eps-MSE)"
-            )
         if pretrained is not None:
             own_text_weights = getattr(text_encoder, "weights_path", None) is not None
             load_sd_checkpoint(
@@ -254,12 +252,15 @@ class VideoDiffusionModule(L.LightningModule):
         return (self.loss_weights(t) * per_sample).mean()
 
     def loss_weights(self, t: Tensor) -> Tensor:
-        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]`: min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma),
-        or 1 / a_t, which turns eps-MSE into v-MSE (`objective="v"`)."""
+        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]`, i.e. x0-MSE weights divided by SNR(t):
+        min(SNR, gamma) / SNR (Min-SNR-gamma); for `objective="v"` (1 + SNR) / SNR = 1 / a_t (the v-MSE), or
+        min(1 + SNR, 1 + gamma) / SNR with `min_snr_gamma`."""
         alphas_cumprod = self.schedule.alphas_cumprod[t].float()
-        if self.objective == "v":
-            return 1.0 / alphas_cumprod
         snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        if self.objective == "v":
+            if self.min_snr_gamma is None:
+                return 1.0 / alphas_cumprod
+            return (1.0 + snr).clamp(max=1.0 + self.min_snr_gamma) / snr
         return snr.clamp(max=self.min_snr_gamma) / snr
 
     @contextmanager
