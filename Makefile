@@ -20,14 +20,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Toy data (generated on first use) -> a short CPU training run of the tiny SCVideo -> one sample video, scored.
+# Toy data (generated on first use) -> 7 minutes of CPU training of the toy ART-V (conf/experiment/demo.yaml) ->
+# four prompts (four directions, four colours) -> mp4s, a captioned contact sheet and the scorer's table.
 DEMO_RUN := logs/train/runs/demo
+DEMO_OUT := outputs/demo
+DEMO_PROMPTS := ["a red circle moving left","a green square moving right","a blue circle moving up","a yellow square moving down"]
 demo: $(STAMP)
-	$(PY) train.py experiment=toy_scvideo trainer.max_steps=300 trainer.max_time=null validate=false \
-		callbacks.video_samples.every_n_steps=0 hydra.run.dir=$(DEMO_RUN)
-	$(PY) sample.py experiment=toy_scvideo ckpt_path=$(DEMO_RUN)/checkpoints/last.ckpt prompt="a red circle moving left" \
-		seeds=[0] output_dir=outputs/demo hydra.run.dir=outputs/demo/hydra
-	$(PY) -m datamodules.toy_scorer outputs/demo/a-red-circle-moving-left_seed0.mp4
+	rm -rf $(DEMO_RUN) $(DEMO_OUT)
+	$(PY) train.py experiment=demo validate=false hydra.run.dir=$(DEMO_RUN)
+	$(PY) sample.py ckpt_path=$(DEMO_RUN)/checkpoints/last.ckpt 'prompt=$(DEMO_PROMPTS)' seeds=[0] \
+		sampler.progress=false output_dir=$(DEMO_OUT) hydra.run.dir=$(DEMO_OUT)/hydra
+	$(PY) -m datamodules.toy_report $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
