@@ -70,6 +70,7 @@ TRAINING_AND_SAMPLING_KEYS = (
     "model.ema_decay",
     "model.ema_use_num_updates",
     "model.min_snr_gamma",
+    "model.objective",
     "model.max_consecutive_nonfinite",
     "model.vae_chunk_frames",
     "model.sampler",
