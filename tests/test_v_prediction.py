@@ -130,11 +130,11 @@ def test_the_v_objective_is_the_v_mse(tmp_path: Path):
 
 def _raw_output(net: SCVideoDenoiser, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """What the UNet itself outputs (v), bypassing the conversion to eps."""
-    schedule, net.schedule = net.schedule, None
+    net.prediction = "eps"
     try:
         return net(x_t, t, {"text": text})
     finally:
-        net.schedule = schedule
+        net.prediction = "v"
 
 
 def test_the_v_objective_with_min_snr_caps_low_noise_and_keeps_the_noisiest_steps(tmp_path: Path):
@@ -146,6 +146,5 @@ def test_the_v_objective_with_min_snr_caps_low_noise_and_keeps_the_noisiest_step
     snr = a / (1 - a)
     torch.testing.assert_close(plain.loss_weights(t) * snr, 1 + snr)
     torch.testing.assert_close(capped.loss_weights(t) * snr, torch.minimum(1 + snr, torch.tensor(2.0)))
-    assert float(capped.loss_weights(t)[-1] * snr[-1]) == pytest.approx(
-        1.0, abs=1e-4
-    )  # not 0, as Min-SNR's would be
+    # the noisiest step keeps weight 1, where Hang et al.'s v form of Min-SNR would give it 0
+    assert float(capped.loss_weights(t)[-1] * snr[-1]) == pytest.approx(1.0, abs=1e-4)

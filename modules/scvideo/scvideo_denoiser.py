@@ -128,7 +128,7 @@ class SCVideoDenoiser(VideoDenoiser):
             "(b t) c h w -> b c t h w",
             t=num_frames,
         )
-        return output if self.schedule is None else self.schedule.eps_from_v(x_t, t, output)
+        return self.schedule.eps_from_v(x_t, t, output) if self.prediction == "v" else output
 
     def _check_inputs(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
         if x_t.ndim != 5 or x_t.shape[1] != self.unet.in_channels:
