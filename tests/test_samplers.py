@@ -630,3 +630,27 @@ def test_sampler_drives_a_tiny_model_through_its_config(
     ).video
     assert video.shape == (1, num_frames, 3, size, size)
     assert bool(torch.isfinite(video).all()) and float(video.abs().max()) <= 1.0
+
+
+@pytest.mark.parametrize(("num_steps", "first", "last"), [(25, 999, 39), (50, 999, 19), (10, 999, 99)])
+def test_ddim_trailing_spacing_starts_at_the_last_training_step(
+    schedule: NoiseSchedule, num_steps: int, first: int, last: int
+):
+    """Lin et al. 2024 Table 2, "trailing": round(arange(N, 0, -N / S)) - 1; ldm's "uniform" starts at N - c + 1."""
+    trailing = DDIMSampler(schedule, num_steps=num_steps, spacing="trailing", progress=False)
+    steps = trailing.timesteps()
+    assert len(steps) == num_steps and int(steps[0]) == first and int(steps[-1]) == last
+    assert bool((steps.diff() == -(1000 // num_steps)).all())
+    assert (
+        int(DDIMSampler(schedule, num_steps=num_steps, progress=False).timesteps()[0])
+        == 1000 - 1000 // num_steps + 1
+    )
+    # each step goes to the next visited level, the last one to a_0 as ldm's
+    a = schedule.alphas_cumprod_f64
+    assert trailing._alphas == pytest.approx(a[steps].tolist(), rel=1e-12)
+    assert trailing._alphas_prev == pytest.approx([*a[steps[1:]].tolist(), float(a[0])], rel=1e-12)
+
+
+def test_ddim_refuses_an_unknown_spacing(schedule: NoiseSchedule):
+    with pytest.raises(ValueError, match=r"sampler\.spacing"):
+        DDIMSampler(schedule, num_steps=10, spacing="leading")

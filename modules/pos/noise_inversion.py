@@ -119,7 +119,13 @@ def invert_to_sampler_start(
     DDIM inversion with the sampler's number of steps (eta 0), then a bridging DDIM move to t0 when the DDIM grid's
     top timestep differs from it (DPM++: 999).
     """
-    inverter = DDIMSampler(sampler.schedule, num_steps=sampler.num_steps, eta=0.0, progress=False)
+    inverter = DDIMSampler(
+        sampler.schedule,
+        num_steps=sampler.num_steps,
+        eta=0.0,
+        progress=False,
+        spacing=getattr(sampler, "spacing", "uniform"),  # a trailing DDIM inverts over its own grid
+    )
     used_guidance = guidance if settings.use_guidance else None
     x = inverter.invert(
         eps_model,

@@ -1,5 +1,10 @@
 """DDIM (Song et al. 2021) as ldm's `DDIMSampler` runs it, with "uniform" timestep spacing; plus DDIM inversion.
 
+`spacing="trailing"` (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2)
+instead visits N - 1, N - 1 - c, ..., c - 1: sampling starts at the last training step, where a zero-terminal-SNR
+schedule (`NoiseSchedule(terminal_snr=...)`) has trained the model on pure noise. ldm's spacing starts at
+N - c + 1 (S = 25: 961), a step whose training inputs still show the clip, so pure noise there is read as content.
+
 SCVideo appendix, Sampling: "DDIM sampler ... 50 steps". Facts matched (tests/fixtures/reference/
 ORIGINAL_BEHAVIOUR.md, "DDIM"):
 - c = N // S; timesteps = range(0, N, c) + 1 (S = 50: 1, 21, ..., 981), run in reverse. When S does not
@@ -25,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 class DDIMSampler(Sampler):
-    """DDIM with ldm "uniform" spacing; eta = 0 is deterministic, eta = 1 matches DDPM's posterior variance.
+    """DDIM with ldm "uniform" (or "trailing") spacing; eta = 0 is deterministic, eta = 1 matches DDPM's posterior
+    variance.
 
     Args:
         schedule: the model's NoiseSchedule (runtime argument; the config is `_partial_`).
@@ -33,6 +39,8 @@ class DDIMSampler(Sampler):
         eta: stochasticity (0 = deterministic DDIM).
         progress: show a tqdm bar.
         x0_range: clip predicted x0 to this range and re-derive eps from it (pixel-space models); None = ldm.
+        spacing: "uniform" (ldm, the papers: 1, 1 + c, ..., c = N // S) or "trailing" (Lin et al. 2024: c - 1,
+            2c - 1, ..., N - 1, so the first step is the last training step). Both end at a_0.
     """
 
     def __init__(
@@ -42,6 +50,7 @@ class DDIMSampler(Sampler):
         eta: float = 0.0,
         progress: bool = True,
         x0_range: tuple[float, float] | None = None,
+        spacing: str = "uniform",
     ):
         super().__init__(schedule, num_steps, progress, x0_range)
         num_timesteps = schedule.num_timesteps
@@ -53,10 +62,22 @@ class DDIMSampler(Sampler):
             )
         if eta < 0:
             raise ValueError(f"DDIMSampler: eta must be >= 0, got {eta} <sampler.eta>")
+        if spacing not in ("uniform", "trailing"):
+            raise ValueError(
+                f"DDIMSampler: spacing must be uniform or trailing, got {spacing!r} <sampler.spacing>"
+            )
         self.eta = eta
+        self.spacing = spacing
 
-        ascending = torch.arange(0, num_timesteps, stride, device="cpu") + 1
-        if len(ascending) != num_steps:
+        if spacing == "uniform":
+            ascending = torch.arange(0, num_timesteps, stride, device="cpu") + 1
+        else:
+            # Lin et al. 2024 Table 2: round(arange(N, 0, -N / S)) - 1, ascending
+            ascending = (
+                torch.arange(num_timesteps, 0, -num_timesteps / num_steps, dtype=torch.float64).round().long()
+                - 1
+            ).flip(0)
+        if spacing == "uniform" and len(ascending) != num_steps:
             log.warning(
                 "ldm 'uniform' DDIM spacing with stride %d gives %d steps, not %d <sampler.num_steps=%d>",
                 stride,
@@ -79,7 +100,7 @@ class DDIMSampler(Sampler):
         self._sigmas = sigmas.flip(0).tolist()
 
     def timesteps(self) -> Tensor:
-        """DDPM steps in the order sampling visits them (S = 50: 981, 961, ..., 1), int64."""
+        """DDPM steps in the order sampling visits them (S = 50: 981, 961, ..., 1; trailing: 999, 979, ..., 19), int64."""
         return self._timesteps.clone()
 
     @torch.no_grad()
