@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from modules.diffusion.noise_schedule import NoiseSchedule
@@ -148,3 +149,33 @@ def test_the_v_objective_with_min_snr_caps_low_noise_and_keeps_the_noisiest_step
     torch.testing.assert_close(capped.loss_weights(t) * snr, torch.minimum(1 + snr, torch.tensor(2.0)))
     # the noisiest step keeps weight 1, where Hang et al.'s v form of Min-SNR would give it 0
     assert float(capped.loss_weights(t)[-1] * snr[-1]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_high_noise_fraction_draws_that_share_of_the_steps_from_the_high_noise_range(tmp_path: Path):
+    """model.high_noise_fraction p: about a share p + (1 - p) * (N - from) / N of the steps lands in [from, N);
+    p = 0 is the papers' uniform draw, with the same random stream as before the option existed."""
+    uniform = instantiate(compose_config("train", V_TOY, tmp_path).model)
+    skewed = instantiate(
+        compose_config(
+            "train", [*V_TOY, "model.high_noise_fraction=0.5", "model.high_noise_from=900"], tmp_path
+        ).model
+    )
+    draws = 20_000
+    t_uniform = uniform.draw_timesteps(draws, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        t_uniform, torch.randint(0, 1000, (draws,), generator=torch.Generator().manual_seed(1))
+    )
+    t_skewed = skewed.draw_timesteps(draws, torch.Generator().manual_seed(1))
+    assert int(t_skewed.min()) >= 0 and int(t_skewed.max()) <= 999
+    high_share = float((t_skewed >= 900).float().mean())
+    assert high_share == pytest.approx(0.5 + 0.5 * 0.1, abs=0.015)  # 0.55; the uniform draw gives 0.10
+    assert float((t_uniform >= 900).float().mean()) == pytest.approx(0.1, abs=0.015)
+    # below the range the draw stays uniform: the steps under 900 are spread evenly
+    low = t_skewed[t_skewed < 900]
+    assert float((low < 450).float().mean()) == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize(("key", "value"), [("high_noise_fraction", 1.5), ("high_noise_from", 1000)])
+def test_a_high_noise_setting_out_of_range_is_refused(tmp_path: Path, key: str, value: float):
+    with pytest.raises(InstantiationException, match=rf"model\.{key} must be"):
+        instantiate(compose_config("train", [*V_TOY, f"model.{key}={value}"], tmp_path).model)

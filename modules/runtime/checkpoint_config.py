@@ -71,6 +71,8 @@ TRAINING_AND_SAMPLING_KEYS = (
     "model.ema_use_num_updates",
     "model.min_snr_gamma",
     "model.objective",
+    "model.high_noise_fraction",
+    "model.high_noise_from",
     "model.max_consecutive_nonfinite",
     "model.vae_chunk_frames",
     "model.sampler",

@@ -79,6 +79,10 @@ class VideoDiffusionModule(L.LightningModule):
             With `min_snr_gamma` the x0 weight becomes min(1 + SNR, 1 + gamma): low-noise steps capped as Min-SNR caps
             them, weight 1 kept on the noisiest steps (Hang et al.'s v form, min(SNR, gamma) / (SNR + 1), would give
             the pure-noise steps weight 0). Used with `net.prediction="v"` by the from-scratch SCVideo toy.
+        high_noise_fraction: share of each batch's samples whose DDPM step is drawn uniformly from
+            [high_noise_from, N) instead of [0, N) (0: uniform over all steps, both papers). No loss reweighting: the
+            noisiest steps, where only the caption tells what a clip does, get more of the training.
+        high_noise_from: first DDPM step of that high-noise range.
         pretrained: a full SD checkpoint; its first stage (and its text encoder, unless the text encoder was
             given its own `weights_path`) are loaded with strict key matching. The net loads its UNet part itself.
     """
@@ -101,12 +105,20 @@ class VideoDiffusionModule(L.LightningModule):
         pretrained: str | None = None,
         min_snr_gamma: float | None = None,
         objective: str = "eps",
+        high_noise_fraction: float = 0.0,
+        high_noise_from: int = 900,
     ) -> None:
         super().__init__()
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0 or null, got {min_snr_gamma} <model.min_snr_gamma>")
         if objective not in ("eps", "v"):
             raise ValueError(f"model.objective must be eps or v, got {objective!r}")
+        if not 0.0 <= high_noise_fraction <= 1.0:
+            raise ValueError(f"model.high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
+        if not 0 <= high_noise_from < schedule.num_timesteps:
+            raise ValueError(
+                f"model.high_noise_from must be a DDPM step in [0, {schedule.num_timesteps}), got {high_noise_from}"
+            )
         if pretrained is not None:
             own_text_weights = getattr(text_encoder, "weights_path", None) is not None
             load_sd_checkpoint(
@@ -125,6 +137,8 @@ class VideoDiffusionModule(L.LightningModule):
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.min_snr_gamma = min_snr_gamma
         self.objective = objective
+        self.high_noise_fraction = high_noise_fraction
+        self.high_noise_from = high_noise_from
         self.net.configure_trainable()
         self.ema = (
             ExponentialMovingAverage(self.net.trainable_named_parameters(), ema_decay, ema_use_num_updates)
@@ -237,7 +251,7 @@ class VideoDiffusionModule(L.LightningModule):
                 cond, self.net.null_condition(cond, self.null_text()), self.condition_dropout
             )
         x0 = example.x0
-        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator, device="cpu")
+        t = self.draw_timesteps(x0.shape[0], generator)
         noise = (
             torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
             if generator
@@ -250,6 +264,19 @@ class VideoDiffusionModule(L.LightningModule):
             return F.mse_loss(eps.float(), noise.float())
         per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
         return (self.loss_weights(t) * per_sample).mean()
+
+    def draw_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """DDPM steps of one training batch `[B]` (int64, CPU): uniform over [0, N), except that a share
+        `high_noise_fraction` of the samples draws from [high_noise_from, N)."""
+        num_timesteps = self.schedule.num_timesteps
+        t = torch.randint(0, num_timesteps, (batch_size,), generator=generator, device="cpu")
+        if self.high_noise_fraction > 0:
+            high = torch.randint(
+                self.high_noise_from, num_timesteps, (batch_size,), generator=generator, device="cpu"
+            )
+            pick = torch.rand(batch_size, generator=generator, device="cpu") < self.high_noise_fraction
+            t = torch.where(pick, high, t)
+        return t
 
     def loss_weights(self, t: Tensor) -> Tensor:
         """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]`, i.e. x0-MSE weights divided by SNR(t):
