@@ -50,10 +50,14 @@ class VideoDenoiser(nn.Module, ABC):
 
     condition_keys: tuple[str, ...] = ("text",)
     abilities: ClassVar[GenerationAbilities] = GenerationAbilities(model_name="this model")
+    # whether `forward` also takes one DDPM step per frame, t `[B, T]` (the training option
+    # `model.first_frame_lead_fraction` needs it)
+    per_frame_steps: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """Predict the noise. x_t: latent of the training-example shape; t: int64 `[B]`."""
+        """Predict the noise. x_t: latent of the training-example shape; t: int64 `[B]` (or `[B, T]`, one step per
+        frame of x_t `[B, C, T, h, w]`, where `per_frame_steps`)."""
 
     def training_frame_indices(self, batch: int, num_frames: int) -> Tensor | None:
         """Which frames of each clip a training example reads, int64 `[B, F]`, drawn (with the current RNG) before

@@ -61,6 +61,14 @@ def main(cfg: DictConfig) -> dict:
         attribute: [asdict(row) for row in probe_by_timestep(model, video, captions, attribute, PROBE_STEPS)]
         for attribute in ("direction", "color")
     }
+    first_frame_step = cfg.probe.get("first_frame_step")
+    if first_frame_step is not None:
+        probe["direction_first_frame_led"] = [
+            asdict(row)
+            for row in probe_by_timestep(
+                model, video, captions, "direction", PROBE_STEPS, first_frame_step=int(first_frame_step)
+            )
+        ]
     layers = {str(step): temporal_layer_report(model, video, captions, step) for step in REPORT_STEPS}
     steps = len(model.sampler.timesteps())
     switches = sorted({0, 1, 2, 3, 5, 8, 12, steps})
@@ -101,6 +109,13 @@ def main(cfg: DictConfig) -> dict:
             f"| {d['timestep']} | {d['accuracy']:.0%} | {d['relative_gap']:+.4f} | {c['accuracy']:.0%} | "
             f"{c['relative_gap']:+.4f} |"
         )
+    if first_frame_step is not None:
+        print(
+            f"\nfirst frame at step {first_frame_step}, loss over the other frames\n"
+            "| t | direction acc | direction gap |\n|---|---|---|"
+        )
+        for row in probe["direction_first_frame_led"]:
+            print(f"| {row['timestep']} | {row['accuracy']:.0%} | {row['relative_gap']:+.4f} |")
     for step, report in layers.items():
         print(f"\nt = {step}\n| layer | movement | contribution | direction sensitivity |\n|---|---|---|---|")
         for name, row in report.items():

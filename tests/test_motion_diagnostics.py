@@ -9,6 +9,7 @@ from modules.evaluation.motion_diagnostics import (
     direction_commitment,
     layer_movement,
     noisy_clip_readability,
+    probe_by_timestep,
     temporal_layer_report,
 )
 from tests.conftest import compose_config
@@ -74,3 +75,27 @@ def test_ideal_observer_reads_a_clean_clip_and_not_pure_noise():
     rows = noisy_clip_readability(alphas, [0, 999], scale=1.0, shift=-0.94, num_clips=24)
     assert rows[0]["direction_accuracy"] == 1.0 and rows[0]["color_accuracy"] == 1.0
     assert rows[1]["direction_accuracy"] < 0.6 and rows[1]["color_accuracy"] < 0.5
+
+
+def test_the_led_probe_hands_per_frame_steps_and_scores_the_later_frames_only(tiny_scvideo, monkeypatch):
+    """first_frame_step: t `[4, T]` with the first frame at that step; a prediction that differs between the four
+    direction captions on the first frame only leaves the probe's loss gap at exactly 0."""
+    seen = []
+
+    def first_frame_differs(x_t, t, cond):
+        seen.append(t.clone())
+        eps = torch.zeros_like(x_t)
+        eps[:, :, 0] = torch.arange(x_t.shape[0], dtype=x_t.dtype).reshape(-1, 1, 1, 1)
+        return eps
+
+    monkeypatch.setattr(tiny_scvideo.net, "forward", first_frame_differs)
+    video, captions = toy_clips(2)
+    led = probe_by_timestep(
+        tiny_scvideo, video, captions, "direction", [900], noise_draws=1, first_frame_step=50
+    )
+    assert all(t.shape == (4, 8) and torch.equal(t[:, 0], torch.full((4,), 50)) for t in seen)
+    assert all(bool((t[:, 1:] == 900).all()) for t in seen)
+    assert led[0].relative_gap == 0.0
+    # every frame at the step, the first frame scored too: the same prediction now separates the captions
+    plain = probe_by_timestep(tiny_scvideo, video, captions, "direction", [900], noise_draws=1)
+    assert seen[-1].shape == (4,) and plain[0].relative_gap != 0.0

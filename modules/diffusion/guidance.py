@@ -31,10 +31,11 @@ Conditions = dict[str, Tensor]
 
 
 def _check_inputs(x_t: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> None:
-    """Batch sizes of x_t `[B, ...]`, t `[B]` and every condition `[B, ...]` must agree."""
+    """Batch sizes of x_t `[B, ...]`, t `[B]` (or `[B, T]`, a step per frame) and every condition `[B, ...]` must
+    agree."""
     batch_size = x_t.shape[0]
-    if t.ndim != 1 or t.shape[0] != batch_size:
-        raise ValueError(f"guidance: t must have shape [B] = [{batch_size}], got {list(t.shape)}")
+    if t.ndim not in (1, 2) or t.shape[0] != batch_size:
+        raise ValueError(f"guidance: t must have shape [B] = [{batch_size}] or [B, T], got {list(t.shape)}")
     for key, value in cond.items():
         if not isinstance(value, Tensor):
             raise TypeError(f"guidance: cond['{key}'] must be a Tensor, got {type(value).__name__}")

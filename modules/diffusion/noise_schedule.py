@@ -107,37 +107,42 @@ class NoiseSchedule(nn.Module):
         return text if self.terminal_snr is None else f"{text}, terminal_snr={self.terminal_snr}"
 
     def _alpha_cumprod(self, t: Tensor, like: Tensor) -> Tensor:
-        """a_t for int64 timesteps `[B]`, shaped `[B, 1, ..., 1]` against `like` `[B, ...]`, on like's device."""
-        if t.dtype != torch.int64 or t.ndim != 1 or t.shape[0] != like.shape[0]:
+        """a_t for int64 timesteps `[B]`, shaped `[B, 1, ..., 1]` against `like` `[B, ...]`, on like's device; or
+        one step per frame, t `[B, T]` against a video `like` `[B, C, T, h, w]`, shaped `[B, 1, T, 1, 1]`."""
+        per_frame = t.ndim == 2 and like.ndim == 5 and tuple(t.shape) == (like.shape[0], like.shape[2])
+        if t.dtype != torch.int64 or not (per_frame or (t.ndim == 1 and t.shape[0] == like.shape[0])):
             raise ValueError(
                 f"timesteps must be an int64 tensor of shape [B] = [{like.shape[0]}] (DDPM indices "
-                f"0..{self.num_timesteps - 1}), got dtype {t.dtype} and shape {list(t.shape)}"
+                f"0..{self.num_timesteps - 1}), or [B, T] for a video [B, C, T, h, w], got dtype {t.dtype} and "
+                f"shape {list(t.shape)} for data of shape {list(like.shape)}"
             )
-        alphas_cumprod = self.alphas_cumprod.to(like.device)
-        return _per_sample(alphas_cumprod[t.to(like.device)], like)
+        alphas_cumprod = self.alphas_cumprod.to(like.device)[t.to(like.device)]
+        if per_frame:
+            return alphas_cumprod[:, None, :, None, None]
+        return _per_sample(alphas_cumprod, like)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Diffuse clean data to step t: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps.
 
-        x0, noise: `[B, ...]` (e.g. `[B, C, T, H, W]`); t: int64 `[B]`. Returns x_t `[B, ...]`, computed in at
-        least float32.
+        x0, noise: `[B, ...]` (e.g. `[B, C, T, H, W]`); t: int64 `[B]`, or `[B, T]` (a step per frame) for video.
+        Returns x_t `[B, ...]`, computed in at least float32.
         """
         a_t = self._alpha_cumprod(t, x0)
         return a_t.sqrt() * x0 + (1.0 - a_t).sqrt() * noise
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t). x_t, eps: `[B, ...]`; t: int64 `[B]`."""
+        """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t). x_t, eps: `[B, ...]`; t: int64 `[B]` (or `[B, T]`, as q_sample)."""
         a_t = self._alpha_cumprod(t, x_t)
         return (x_t - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
 
     def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """eps = sqrt(a_t) v + sqrt(1 - a_t) x_t for a v-prediction (Salimans & Ho 2022: v = sqrt(a_t) eps -
-        sqrt(1 - a_t) x0). x_t, v: `[B, ...]`; t: int64 `[B]`."""
+        sqrt(1 - a_t) x0). x_t, v: `[B, ...]`; t: int64 `[B]` (or `[B, T]`)."""
         a_t = self._alpha_cumprod(t, x_t)
         return a_t.sqrt() * v + (1.0 - a_t).sqrt() * x_t
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t). x_t, x0: `[B, ...]`; t: int64 `[B]`."""
+        """eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t). x_t, x0: `[B, ...]`; t: int64 `[B]` (or `[B, T]`)."""
         a_t = self._alpha_cumprod(t, x_t)
         return (x_t - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
 

@@ -54,10 +54,14 @@ def probe_by_timestep(
     *,
     noise_draws: int = 2,
     seed: int = 0,
+    first_frame_step: int | None = None,
 ) -> list[ProbeRow]:
     """The caption probe for `attribute` ("color" or "direction") at each timestep separately.
 
-    video: real clips `[N, T, 3, H, W]` in [-1, 1] with their toy `captions`.
+    video: real clips `[N, T, 3, H, W]` in [-1, 1] with their toy `captions`. first_frame_step: None (every frame at
+    the probe's step), or the DDPM step of the first frame, the loss then summed over the other frames only: a legible
+    first frame fixes where the shape starts and only the caption says where the later frames have it (a net that
+    takes one step per frame, `per_frame_steps`).
     """
     generator = torch.Generator().manual_seed(seed)
     example = model.net.training_example(model.encode_video(video))
@@ -76,11 +80,16 @@ def probe_by_timestep(
         }
         for step in timesteps:
             t = torch.full((count,), int(step), device=x0.device)
+            scored = slice(None)  # the frames whose loss counts
+            if first_frame_step is not None:
+                t = t[:, None].repeat(1, x0.shape[2])
+                t[:, 0] = first_frame_step
+                scored = slice(1, None)
             losses = torch.zeros(count)
             for _ in range(noise_draws):
                 noise = torch.randn(x0.shape, generator=generator).to(x0).expand(count, *x0.shape[1:])
                 eps = model.net(model.schedule.q_sample(x0.expand_as(noise), t, noise), t, cond)
-                losses += (eps.float() - noise.float()).pow(2).flatten(1).mean(1).cpu()
+                losses += (eps.float() - noise.float())[:, :, scored].pow(2).flatten(1).mean(1).cpu()
             hits[step] += int(losses.argmin().item() == truth)
             wrong = torch.cat([losses[:truth], losses[truth + 1 :]]).mean()
             gaps[step] += float((wrong - losses[truth]) / losses[truth])

@@ -73,6 +73,7 @@ TRAINING_AND_SAMPLING_KEYS = (
     "model.objective",
     "model.high_noise_fraction",
     "model.high_noise_from",
+    "model.first_frame_lead_fraction",
     "model.max_consecutive_nonfinite",
     "model.vae_chunk_frames",
     "model.sampler",

@@ -52,6 +52,7 @@ class SCVideoDenoiser(VideoDenoiser):
 
     condition_keys = ("text",)
     abilities = GenerationAbilities(model_name="SCVideo", instead="use model=artv")
+    per_frame_steps = True  # every frame runs through the 2D layers with its own timestep embedding
 
     def __init__(
         self,
@@ -117,11 +118,12 @@ class SCVideoDenoiser(VideoDenoiser):
 
     # ---- eps model ----------------------------------------------------------------------------------
     def forward(self, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """eps for noisy latents x_t `[B, C, T, h, w]` at DDPM steps t `[B]` (int64) with cond["text"] `[B, L, D]`."""
+        """eps for noisy latents x_t `[B, C, T, h, w]` at DDPM steps t `[B]` (int64), or one step per frame `[B, T]`
+        (each frame's timestep embedding its own; `per_frame_steps`), with cond["text"] `[B, L, D]`."""
         text = self._check_inputs(x_t, t, cond)
         num_frames = x_t.shape[2]
         frames = rearrange(x_t, "b c t h w -> (b t) c h w")
-        frame_steps = repeat(t, "b -> (b t)", t=num_frames)
+        frame_steps = t.reshape(-1) if t.ndim == 2 else repeat(t, "b -> (b t)", t=num_frames)
         frame_text = repeat(text, "b l d -> (b t) l d", t=num_frames)
         output = rearrange(
             self.unet(frames, frame_steps, frame_text, num_frames=num_frames),
@@ -135,9 +137,10 @@ class SCVideoDenoiser(VideoDenoiser):
             raise ValueError(
                 f"SCVideoDenoiser: x_t must be [B, {self.unet.in_channels}, T, h, w], got {list(x_t.shape)}"
             )
-        if t.shape != (x_t.shape[0],):
+        if t.shape not in ((x_t.shape[0],), (x_t.shape[0], x_t.shape[2])):
             raise ValueError(
-                f"SCVideoDenoiser: t must have shape [B] = [{x_t.shape[0]}], got {list(t.shape)}"
+                f"SCVideoDenoiser: t must have shape [B] = [{x_t.shape[0]}] or [B, T] = "
+                f"[{x_t.shape[0]}, {x_t.shape[2]}], got {list(t.shape)}"
             )
         text = cond.get("text")
         if text is None or text.ndim != 3 or text.shape[0] != x_t.shape[0]:

@@ -83,6 +83,11 @@ class VideoDiffusionModule(L.LightningModule):
             [high_noise_from, N) instead of [0, N) (0: uniform over all steps, both papers). No loss reweighting: the
             noisiest steps, where only the caption tells what a clip does, get more of the training.
         high_noise_from: first DDPM step of that high-noise range.
+        first_frame_lead_fraction: share of each batch's clips whose first frame is noised less than the rest: its
+            DDPM step is drawn uniformly from [0, t], t being the step of the clip's other frames (0: one step per
+            clip, both papers). The later frames must then follow a legible first frame the way the caption says,
+            which a clip noised as one never asks where its own frames show the motion. Needs a net that takes one
+            step per frame (`VideoDenoiser.per_frame_steps`: SCVideo).
         pretrained: a full SD checkpoint; its first stage (and its text encoder, unless the text encoder was
             given its own `weights_path`) are loaded with strict key matching. The net loads its UNet part itself.
     """
@@ -107,6 +112,7 @@ class VideoDiffusionModule(L.LightningModule):
         objective: str = "eps",
         high_noise_fraction: float = 0.0,
         high_noise_from: int = 900,
+        first_frame_lead_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if min_snr_gamma is not None and min_snr_gamma <= 0:
@@ -118,6 +124,15 @@ class VideoDiffusionModule(L.LightningModule):
         if not 0 <= high_noise_from < schedule.num_timesteps:
             raise ValueError(
                 f"model.high_noise_from must be a DDPM step in [0, {schedule.num_timesteps}), got {high_noise_from}"
+            )
+        if not 0.0 <= first_frame_lead_fraction <= 1.0:
+            raise ValueError(
+                f"model.first_frame_lead_fraction must be in [0, 1], got {first_frame_lead_fraction}"
+            )
+        if first_frame_lead_fraction > 0 and not net.per_frame_steps:
+            raise ValueError(
+                f"model.first_frame_lead_fraction={first_frame_lead_fraction} needs one DDPM step per frame, which "
+                f"{type(net).__name__} does not take (its `per_frame_steps` is False); set it to 0"
             )
         if pretrained is not None:
             own_text_weights = getattr(text_encoder, "weights_path", None) is not None
@@ -139,6 +154,7 @@ class VideoDiffusionModule(L.LightningModule):
         self.objective = objective
         self.high_noise_fraction = high_noise_fraction
         self.high_noise_from = high_noise_from
+        self.first_frame_lead_fraction = first_frame_lead_fraction
         self.net.configure_trainable()
         self.ema = (
             ExponentialMovingAverage(self.net.trainable_named_parameters(), ema_decay, ema_use_num_updates)
@@ -252,6 +268,8 @@ class VideoDiffusionModule(L.LightningModule):
             )
         x0 = example.x0
         t = self.draw_timesteps(x0.shape[0], generator)
+        if self.first_frame_lead_fraction > 0:
+            t = self.lead_first_frame(t, x0.shape[2], generator)
         noise = (
             torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
             if generator
@@ -262,7 +280,11 @@ class VideoDiffusionModule(L.LightningModule):
         eps = self.net(x_t, t, cond)
         if self.min_snr_gamma is None and self.objective == "eps":
             return F.mse_loss(eps.float(), noise.float())
-        per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+        error = (eps.float() - noise.float()).pow(2)
+        if t.ndim == 2:  # one step per frame: each frame's error weighted at its own step
+            per_frame = rearrange(error, "b c t h w -> b t (c h w)").mean(2)
+            return (self.loss_weights(t) * per_frame).mean()
+        per_sample = error.flatten(1).mean(1)
         return (self.loss_weights(t) * per_sample).mean()
 
     def draw_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -278,8 +300,19 @@ class VideoDiffusionModule(L.LightningModule):
             t = torch.where(pick, high, t)
         return t
 
+    def lead_first_frame(
+        self, t: Tensor, num_frames: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Clip steps `[B]` -> per-frame steps `[B, T]` (int64, CPU): every frame at its clip's step t, except the
+        first frame of a share `first_frame_lead_fraction` of the clips, drawn uniformly from [0, t]."""
+        frames = t[:, None].repeat(1, num_frames)
+        lead = torch.rand(t.shape[0], generator=generator, device="cpu") < self.first_frame_lead_fraction
+        first = (torch.rand(t.shape[0], generator=generator, device="cpu") * (t + 1)).long().clamp(max=t)
+        frames[:, 0] = torch.where(lead, first, t)
+        return frames
+
     def loss_weights(self, t: Tensor) -> Tensor:
-        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]`, i.e. x0-MSE weights divided by SNR(t):
+        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]` (or per frame, `[B, T]` -> `[B, T]`), i.e. x0-MSE weights divided by SNR(t):
         min(SNR, gamma) / SNR (Min-SNR-gamma); for `objective="v"` (1 + SNR) / SNR = 1 / a_t (the v-MSE), or
         min(1 + SNR, 1 + gamma) / SNR with `min_snr_gamma`."""
         alphas_cumprod = self.schedule.alphas_cumprod[t].float()

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from modules.diffusion.guidance import Conditions, EpsModel, Guidance
+from modules.diffusion.guidance import Conditions, EpsModel, Guidance, NoGuidance
 from modules.diffusion.noise import Generators
 from modules.diffusion.noise_schedule import NoiseSchedule
 from modules.diffusion.samplers.base import Sampler, StepCallback
@@ -41,6 +41,10 @@ class DDIMSampler(Sampler):
         x0_range: clip predicted x0 to this range and re-derive eps from it (pixel-space models); None = ldm.
         spacing: "uniform" (ldm, the papers: 1, 1 + c, ..., c = N // S) or "trailing" (Lin et al. 2024: c - 1,
             2c - 1, ..., N - 1, so the first step is the last training step). Both end at a_0.
+        first_frame_steps: None (the papers) or S1 <= S: a video's first frame `[:, :, 0]` runs its own S1-step grid
+            (same spacing), ahead of the other frames, then stays at a_0 while they finish, so that the later frames
+            are drawn around a legible first frame. For models trained on such clips
+            (`model.first_frame_lead_fraction`) that take one step per frame (`[B, T]`). `invert` ignores it.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class DDIMSampler(Sampler):
         progress: bool = True,
         x0_range: tuple[float, float] | None = None,
         spacing: str = "uniform",
+        first_frame_steps: int | None = None,
     ):
         super().__init__(schedule, num_steps, progress, x0_range)
         num_timesteps = schedule.num_timesteps
@@ -66,38 +71,20 @@ class DDIMSampler(Sampler):
             raise ValueError(
                 f"DDIMSampler: spacing must be uniform or trailing, got {spacing!r} <sampler.spacing>"
             )
+        if first_frame_steps is not None and not 1 <= first_frame_steps <= num_steps:
+            raise ValueError(
+                f"DDIMSampler: first_frame_steps must be in [1, num_steps = {num_steps}] or null, got "
+                f"{first_frame_steps} <sampler.first_frame_steps>"
+            )
         self.eta = eta
         self.spacing = spacing
-
-        if spacing == "uniform":
-            ascending = torch.arange(0, num_timesteps, stride, device="cpu") + 1
-        else:
-            # Lin et al. 2024 Table 2: round(arange(N, 0, -N / S)) - 1, ascending
-            ascending = (
-                torch.arange(num_timesteps, 0, -num_timesteps / num_steps, dtype=torch.float64).round().long()
-                - 1
-            ).flip(0)
-        if spacing == "uniform" and len(ascending) != num_steps:
-            log.warning(
-                "ldm 'uniform' DDIM spacing with stride %d gives %d steps, not %d <sampler.num_steps=%d>",
-                stride,
-                len(ascending),
-                num_steps,
-                num_steps,
-            )
-        alphas_cumprod = schedule.alphas_cumprod_f64
-        alphas = alphas_cumprod[ascending]
-        # a_prev = [a_0] + a[ts[:-1]]: the last step (t = 1) goes to a_0, not to 1
-        alphas_prev = torch.cat([alphas_cumprod[:1], alphas_cumprod[ascending[:-1]]])
-        # sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        sigmas = eta * ((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev)).sqrt()
-        if bool((1 - alphas_prev - sigmas**2 < 0).any()):
-            raise ValueError(f"DDIMSampler: eta={eta} makes 1 - a_prev - sigma_t^2 negative <sampler.eta>")
-        # run order: highest timestep first
-        self._timesteps = ascending.flip(0)
-        self._alphas = alphas.flip(0).tolist()
-        self._alphas_prev = alphas_prev.flip(0).tolist()
-        self._sigmas = sigmas.flip(0).tolist()
+        self.first_frame_steps = first_frame_steps
+        self._timesteps, self._alphas, self._alphas_prev, self._sigmas = ddim_grid(
+            schedule, num_steps, spacing, eta
+        )
+        self._first_frame_grid = (
+            None if first_frame_steps is None else ddim_grid(schedule, first_frame_steps, spacing, eta)
+        )
 
     def timesteps(self) -> Tensor:
         """DDPM steps in the order sampling visits them (S = 50: 981, 961, ..., 1; trailing: 999, 979, ..., 19), int64."""
@@ -116,6 +103,10 @@ class DDIMSampler(Sampler):
         callback: StepCallback | None = None,
     ) -> Tensor:
         """DDIM sampling from x_T = noise `[B, ...]`; returns the state at a_0 `[B, ...]`."""
+        if self._first_frame_grid is not None:
+            return self._sample_first_frame_ahead(
+                eps_model, noise, cond, null_cond, guidance, generator, callback
+            )
         x = noise
         total = len(self._timesteps)
         for i in self._progress(range(total), total):
@@ -131,6 +122,60 @@ class DDIMSampler(Sampler):
             x = math.sqrt(a_prev) * x0_pred + math.sqrt(1 - a_prev - sigma_t**2) * eps
             if sigma_t > 0:
                 x = x + sigma_t * self._randn_like(x, generator)
+            if callback is not None:
+                callback(i, total, x, x0_pred)
+        return x
+
+    def _sample_first_frame_ahead(
+        self,
+        eps_model: EpsModel,
+        noise: Tensor,
+        cond: Conditions,
+        null_cond: Conditions | None,
+        guidance: Guidance | None,
+        generator: Generators,
+        callback: StepCallback | None,
+    ) -> Tensor:
+        """`sample` with `first_frame_steps`: the same DDIM update per frame, with frame 0 on its own grid and one
+        DDPM step per frame `[B, T]` handed to the model. noise: `[B, C, T, h, w]`, T >= 2."""
+        if noise.ndim != 5 or noise.shape[2] < 2:
+            raise ValueError(
+                f"DDIMSampler: first_frame_steps needs video latents [B, C, T, h, w] with T >= 2, got "
+                f"{list(noise.shape)} <sampler.first_frame_steps>"
+            )
+        first_steps, first_alphas, first_alphas_prev, first_sigmas = self._first_frame_grid
+        num_frames = noise.shape[2]
+        x = noise
+        total = len(self._timesteps)
+        for i in self._progress(range(total), total):
+            steps = torch.full((x.shape[0], num_frames), int(self._timesteps[i]), dtype=torch.int64)
+            # per frame: a_t, a_prev, sigma_t; frame 0's replaced below
+            a_t, a_prev, sigma_t = (
+                [values[i]] * num_frames for values in (self._alphas, self._alphas_prev, self._sigmas)
+            )
+            first_done = i >= len(first_steps)
+            if first_done:  # frame 0 stays at a_0, the state its last step reached, and is read at step 0
+                steps[:, 0] = 0
+                a_t[0] = a_prev[0] = first_alphas_prev[-1]
+                sigma_t[0] = 0.0
+            else:
+                steps[:, 0] = int(first_steps[i])
+                a_t[0], a_prev[0], sigma_t[0] = first_alphas[i], first_alphas_prev[i], first_sigmas[i]
+            eps = (guidance or NoGuidance())(eps_model, x, steps.to(x.device), cond, null_cond)
+            a_t, a_prev, sigma_t = (
+                torch.tensor(values, dtype=torch.float64).reshape(1, 1, num_frames, 1, 1).to(x)
+                for values in (a_t, a_prev, sigma_t)
+            )
+            x0_pred = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            if self.x0_range is not None:
+                x0_pred = self.clip_x0(x0_pred)
+                eps = (x - a_t.sqrt() * x0_pred) / (1 - a_t).sqrt()
+            x_prev = a_prev.sqrt() * x0_pred + (1 - a_prev - sigma_t**2).sqrt() * eps
+            if bool((sigma_t > 0).any()):
+                x_prev = x_prev + sigma_t * self._randn_like(x, generator)
+            if first_done:
+                x_prev[:, :, 0] = x[:, :, 0]
+            x = x_prev
             if callback is not None:
                 callback(i, total, x, x0_pred)
         return x
@@ -177,3 +222,36 @@ class DDIMSampler(Sampler):
             if callback is not None:
                 callback(step, total, x, x0_pred)
         return x
+
+
+def ddim_grid(
+    schedule: NoiseSchedule, num_steps: int, spacing: str, eta: float
+) -> tuple[Tensor, list[float], list[float], list[float]]:
+    """The steps of S = `num_steps` DDIM steps in run order (int64 `[S]`) and, per step, a_t, a_prev and sigma_t."""
+    num_timesteps = schedule.num_timesteps
+    stride = num_timesteps // num_steps
+    if spacing == "uniform":
+        ascending = torch.arange(0, num_timesteps, stride, device="cpu") + 1
+    else:
+        # Lin et al. 2024 Table 2: round(arange(N, 0, -N / S)) - 1, ascending
+        ascending = (
+            torch.arange(num_timesteps, 0, -num_timesteps / num_steps, dtype=torch.float64).round().long() - 1
+        ).flip(0)
+    if spacing == "uniform" and len(ascending) != num_steps:
+        log.warning(
+            "ldm 'uniform' DDIM spacing with stride %d gives %d steps, not %d <sampler.num_steps=%d>",
+            stride,
+            len(ascending),
+            num_steps,
+            num_steps,
+        )
+    alphas_cumprod = schedule.alphas_cumprod_f64
+    alphas = alphas_cumprod[ascending]
+    # a_prev = [a_0] + a[ts[:-1]]: the last step (t = 1) goes to a_0, not to 1
+    alphas_prev = torch.cat([alphas_cumprod[:1], alphas_cumprod[ascending[:-1]]])
+    # sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    sigmas = eta * ((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev)).sqrt()
+    if bool((1 - alphas_prev - sigmas**2 < 0).any()):
+        raise ValueError(f"DDIMSampler: eta={eta} makes 1 - a_prev - sigma_t^2 negative <sampler.eta>")
+    # run order: highest timestep first
+    return ascending.flip(0), alphas.flip(0).tolist(), alphas_prev.flip(0).tolist(), sigmas.flip(0).tolist()
