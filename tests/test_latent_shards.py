@@ -39,7 +39,7 @@ def latent_set(tmp_path_factory) -> tuple[Path, Path]:
     """(data_dir with the toy videos, the latent shards of their validation split, fp32)."""
     data_dir = tmp_path_factory.mktemp("latent_data")
     out = data_dir / "shapes_latents" / "val"
-    overrides = ["experiment=toy_scvideo", *TOY, f"paths.data_dir={data_dir}"]
+    overrides = ["experiment=toy_scvideo", "data=shapes", *TOY, f"paths.data_dir={data_dir}"]
     skipped = encode_latent_shards(overrides, out, split="val", dtype="float32", progress=False)
     assert skipped == []
     return data_dir, out
@@ -112,7 +112,13 @@ def test_bad_samples_are_reported_and_a_rerun_encodes_only_missing_shards(latent
             info.size = len(data)
             tar_out.addfile(info, __import__("io").BytesIO(data))
     shutil.copy(broken_dir / "00000.tar", broken_dir / "00001.tar")
-    overrides = ["experiment=toy_scvideo", *TOY, f"paths.data_dir={data_dir}", f"data.val_urls={broken_dir}"]
+    overrides = [
+        "experiment=toy_scvideo",
+        "data=shapes",
+        *TOY,
+        f"paths.data_dir={data_dir}",
+        f"data.val_urls={broken_dir}",
+    ]
     out = tmp_path / "latents"
     skipped = encode_latent_shards(overrides, out, split="val", progress=False)
     assert [(s.reason, s.key) for s in skipped] == [("corrupt", "000000001")] * 2

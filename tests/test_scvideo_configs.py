@@ -61,8 +61,19 @@ def test_toy_experiment_trains_everything_and_the_loss_runs(tmp_path):
     assert all(p.grad is not None for _, p in module.net.trainable_named_parameters())
 
 
+PAPER_OBJECTIVE = [  # the toy's deviations off: eps-MSE, one uniform step per clip, SD's schedule
+    "model.objective=eps",
+    "model.net.prediction=eps",
+    "schedule.terminal_snr=null",
+    "model.high_noise_fraction=0.0",
+    "model.first_frame_lead_fraction=0.0",
+]
+
+
 def test_min_snr_weighting_matches_per_sample_formula(tmp_path):
-    cfg = compose_config("train", ["experiment=toy_scvideo", "model.min_snr_gamma=1.0"], tmp_path)
+    cfg = compose_config(
+        "train", ["experiment=toy_scvideo", "model.min_snr_gamma=1.0", *PAPER_OBJECTIVE], tmp_path
+    )
     module = instantiate(cfg.model)
     alphas_cumprod = module.schedule.alphas_cumprod
     t = torch.tensor([0, 200, 400, 999])
