@@ -131,7 +131,7 @@ class NoiseSchedule(nn.Module):
         return a_t.sqrt() * x0 + (1.0 - a_t).sqrt() * noise
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t). x_t, eps: `[B, ...]`; t: int64 `[B]` (or `[B, T]`, as q_sample)."""
+        """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t). x_t, eps: `[B, ...]`; t: int64 `[B]` (or `[B, T]`)."""
         a_t = self._alpha_cumprod(t, x_t)
         return (x_t - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
 

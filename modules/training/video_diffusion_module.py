@@ -312,9 +312,9 @@ class VideoDiffusionModule(L.LightningModule):
         return frames
 
     def loss_weights(self, t: Tensor) -> Tensor:
-        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]` (or per frame, `[B, T]` -> `[B, T]`), i.e. x0-MSE weights divided by SNR(t):
-        min(SNR, gamma) / SNR (Min-SNR-gamma); for `objective="v"` (1 + SNR) / SNR = 1 / a_t (the v-MSE), or
-        min(1 + SNR, 1 + gamma) / SNR with `min_snr_gamma`."""
+        """Per-sample weights of eps-MSE for DDPM steps `t` `[B]` -> `[B]` (or per frame, `[B, T]` -> `[B, T]`), i.e.
+        x0-MSE weights divided by SNR(t): min(SNR, gamma) / SNR (Min-SNR-gamma); for `objective="v"` (1 + SNR) / SNR
+        = 1 / a_t (the v-MSE), or min(1 + SNR, 1 + gamma) / SNR with `min_snr_gamma`."""
         alphas_cumprod = self.schedule.alphas_cumprod[t].float()
         snr = alphas_cumprod / (1.0 - alphas_cumprod)
         if self.objective == "v":

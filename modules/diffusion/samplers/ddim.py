@@ -87,7 +87,7 @@ class DDIMSampler(Sampler):
         )
 
     def timesteps(self) -> Tensor:
-        """DDPM steps in the order sampling visits them (S = 50: 981, 961, ..., 1; trailing: 999, 979, ..., 19), int64."""
+        """DDPM steps in the order sampling visits them, int64 (S = 50: 981, 961, ..., 1; trailing: 999, ..., 19)."""
         return self._timesteps.clone()
 
     @torch.no_grad()
